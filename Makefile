@@ -1,0 +1,44 @@
+# Two commands: `make demo` and `make test`. Both create/refresh .venv and install what they need.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+STAMP := $(VENV)/.installed
+
+.PHONY: venv demo test test-unit lint bench server postgres clean
+
+venv: $(STAMP)
+
+# torch first, pinned: the CPU wheel lies on this machine's disk; a looser spec pulls a CUDA build.
+$(STAMP): pyproject.toml constraints.txt
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required")'
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -c constraints.txt -e '.[worker,dev]'
+	touch $(STAMP)
+
+demo: venv
+	$(PY) -m cli.demo
+
+postgres:
+	@bash infra/ensure-postgres.sh
+
+test: venv postgres
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-unit: venv
+	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+lint: venv
+	$(VENV)/bin/ruff check registry cli migrations tests bench
+	$(VENV)/bin/mypy registry cli
+
+bench: venv postgres
+	$(PY) -m bench.run_all
+
+server: venv
+	$(VENV)/bin/adapter-registry server
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

@@ -1,0 +1,132 @@
+"""Adapter commands: push, pull, list, show."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from cli.output import CliState, fail, pass_state
+from registry.adapters.refs import parse_ref
+from registry.adapters.schemas import VersionOut
+
+
+def _parse_meta(pairs: tuple[str, ...]) -> dict[str, str]:
+    meta: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            fail(f"invalid --meta {pair!r}: expected key=value")
+        meta[key] = value
+    return meta
+
+
+@click.command()
+@click.argument("name")
+@click.argument("directory", type=click.Path(path_type=Path))
+@click.option("--base", "base_model", default=None, help="Base model name.")
+@click.option("--parent", default=None, help="Parent version, NAME:VERSION (lineage).")
+@click.option("--meta", "meta", multiple=True, metavar="KEY=VALUE",
+              help="Training metadata; repeatable.")
+@click.option("--idempotency-key", default=None,
+              help="Retry-safe key: the same key with the same content returns that version.")
+@click.option("--description", default=None, help="Adapter description (first push).")
+@pass_state
+def push(state: CliState, name: str, directory: Path, base_model: str | None,
+         parent: str | None, meta: tuple[str, ...], idempotency_key: str | None,
+         description: str | None) -> None:
+    """Register a new version of NAME from a PEFT adapter DIRECTORY."""
+    from registry.transfer import push as do_push
+
+    metadata = _parse_meta(meta)
+    result = do_push(
+        state.backend(), name=name, directory=directory, settings=state.settings(),
+        base_model=base_model, parent=parent, metadata=metadata,
+        idempotency_key=idempotency_key, description=description, progress=state.progress,
+    )
+    v = result.version
+    data = {"name": v.name, "version": v.version, "status": v.status, "created": result.created,
+            "uploaded": result.uploaded, "skipped": result.skipped, "ref": v.ref}
+
+    def human() -> None:
+        what = "pushed" if result.created else "already registered (idempotency key)"
+        click.echo(f"{what} {v.ref} [{v.status}] {v.peft_type} r={v.r} "
+                   f"({len(result.uploaded)} file(s) uploaded, "
+                   f"{len(result.skipped)} already stored)")
+
+    state.emit(data, human)
+
+
+@click.command()
+@click.argument("ref")
+@click.argument("directory", type=click.Path(path_type=Path, file_okay=False))
+@pass_state
+def pull(state: CliState, ref: str, directory: Path) -> None:
+    """Write the files of REF (NAME or NAME:VERSION) into DIRECTORY, verified."""
+    from registry.transfer import pull as do_pull
+
+    version, written = do_pull(state.backend(), ref=ref, directory=directory,
+                               progress=state.progress)
+    state.emit(
+        {"name": version.name, "version": version.version, "files": written,
+         "directory": str(directory)},
+        lambda: click.echo(f"pulled {version.ref} into {directory} ({len(written)} file(s))"),
+    )
+
+
+@click.command("list")
+@click.argument("name", required=False)
+@pass_state
+def list_cmd(state: CliState, name: str | None) -> None:
+    """List adapters, or the versions of NAME."""
+    backend = state.backend()
+    if name is None:
+        adapters = backend.list_adapters()
+
+        def human_adapters() -> None:
+            if not adapters:
+                click.echo("no adapters")
+            for a in adapters:
+                click.echo(f"{a.name}\tlatest={a.latest_version}\tversions={a.version_count}"
+                           f"\t{a.task_type or '-'}")
+
+        state.emit([a.model_dump(mode="json") for a in adapters], human_adapters)
+        return
+    parse_ref(name)
+    versions = backend.list_versions(name)
+
+    def human_versions() -> None:
+        for v in versions:
+            click.echo(f"{v.ref}\t{v.status}\t{v.peft_type}\tr={v.r}\t"
+                       f"base={v.base_model or '-'}\t{v.created_at:%Y-%m-%d %H:%M}")
+
+    state.emit([v.model_dump(mode="json") for v in versions], human_versions)
+
+
+def _describe(v: VersionOut) -> None:
+    click.echo(f"{v.ref}  [{v.status}]")
+    click.echo(f"  peft_type:    {v.peft_type}  task: {v.task_type or '-'}  r={v.r} "
+               f"alpha={v.lora_alpha}")
+    click.echo(f"  targets:      {v.target_modules}")
+    click.echo(f"  base model:   {v.base_model or '-'} (declared: {v.declared_base_model or '-'})")
+    if v.parent:
+        click.echo(f"  parent:       {v.parent.name}:{v.parent.version}")
+    for k, val in sorted(v.metadata.items()):
+        click.echo(f"  meta {k}: {val}")
+    if v.git_commit or v.ci_run_url:
+        click.echo(f"  provenance:   {v.git_commit or '-'} {v.ci_run_url or ''}")
+    click.echo(f"  created:      {v.created_at:%Y-%m-%d %H:%M:%S} by {v.created_by or '-'}")
+    click.echo(f"  files ({v.total_size} bytes, {v.tensor_count} tensors):")
+    for f in v.files:
+        click.echo(f"    {f.path}\t{f.size}\t{f.digest}")
+
+
+@click.command()
+@click.argument("ref")
+@pass_state
+def show(state: CliState, ref: str) -> None:
+    """Show one version: REF is NAME (latest) or NAME:VERSION."""
+    from registry.transfer import resolve
+
+    version = resolve(state.backend(), ref)
+    state.emit(version.model_dump(mode="json"), lambda: _describe(version))

@@ -1,0 +1,67 @@
+"""The `adapter-registry` command: global options, error handling, and the command groups."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+from pydantic import ValidationError
+
+from cli import adapters, db, gc, server
+from cli.output import CliState, exit_code_for, fail
+from registry import __version__, errors
+
+
+class RegistryGroup(click.Group):
+    """Turns every failure into one line on stderr and a non-zero exit; never a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except errors.RegistryError as exc:
+            fail(exc.detail, exit_code_for(exc))
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            loc = ".".join(str(p) for p in first.get("loc", ()))
+            fail(f"invalid input: {loc}: {first.get('msg')}" if loc else str(first.get("msg")))
+        except OSError as exc:
+            fail(f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc))
+        except KeyboardInterrupt:
+            fail("interrupted", 130)
+
+
+@click.group(cls=RegistryGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--url", envvar="REGISTRY_URL", default=None,
+              help="Registry server URL. Without it, work on the embedded registry in "
+                   "$REGISTRY_HOME.")
+@click.option("--token", envvar="REGISTRY_TOKEN", default=None, help="API token.")
+@click.option("--json", "as_json", is_flag=True, help="Print exactly one JSON document.")
+@click.version_option(__version__, prog_name="adapter-registry")
+@click.pass_context
+def cli(ctx: click.Context, url: str | None, token: str | None, as_json: bool) -> None:
+    """Keep LLM fine-tuning adapters: push, pull, list and show versions."""
+    state = CliState(url=url, token=token, json=as_json)
+    ctx.obj = state
+    ctx.call_on_close(state.close)
+
+
+cli.add_command(server.server)
+cli.add_command(db.db)
+cli.add_command(adapters.push)
+cli.add_command(adapters.pull)
+cli.add_command(adapters.list_cmd)
+cli.add_command(adapters.show)
+cli.add_command(gc.gc)
+
+
+def main() -> None:
+    try:
+        cli.main(prog_name="adapter-registry", standalone_mode=True)
+    except Exception as exc:  # the last line of defence: one line, never a traceback
+        click.echo(f"error: internal error: {type(exc).__name__}: {exc}", err=True)
+        sys.exit(70)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,28 @@
+"""`adapter-registry server`: run the HTTP API."""
+
+from __future__ import annotations
+
+import click
+
+from cli.output import CliState, pass_state
+
+
+@click.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--log-level", default="info", show_default=True,
+              type=click.Choice(["critical", "error", "warning", "info", "debug"]))
+@pass_state
+def server(state: CliState, host: str, port: int, log_level: str) -> None:
+    """Serve the HTTP API (migrations are applied on start for the embedded registry)."""
+    import uvicorn
+
+    from registry.api.app import create_app
+    from registry.context import RegistryContext
+
+    settings = state.settings()
+    context = RegistryContext.open(settings)  # fail fast, with a one-line reason, before binding
+    try:
+        uvicorn.run(create_app(context=context), host=host, port=port, log_level=log_level)
+    finally:
+        context.close()

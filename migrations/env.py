@@ -1,0 +1,39 @@
+"""Alembic environment: runs on the engine the registry passes in, or REGISTRY_DATABASE_URL."""
+
+from __future__ import annotations
+
+from alembic import context
+
+from registry.db import models  # noqa: F401  (registers the tables on Base.metadata)
+from registry.db.base import Base
+
+config = context.config
+target_metadata = Base.metadata
+
+
+def _engine():
+    engine = config.attributes.get("engine")
+    if engine is None:
+        from registry.config import get_settings
+        from registry.db.engine import make_engine
+
+        engine = make_engine(get_settings().resolved_database_url)
+    return engine
+
+
+def run_migrations_online() -> None:
+    engine = _engine()
+    with engine.connect() as connection:
+        context.configure(
+            connection=connection,
+            target_metadata=target_metadata,
+            render_as_batch=connection.dialect.name == "sqlite",
+            compare_type=True,
+        )
+        with context.begin_transaction():
+            context.run_migrations()
+
+
+if context.is_offline_mode():
+    raise SystemExit("offline migrations are not supported; run `adapter-registry db upgrade`")
+run_migrations_online()

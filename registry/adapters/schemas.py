@@ -1,0 +1,73 @@
+"""Request and response shapes for adapters and their versions (the `show --json` contract)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class FileOut(BaseModel):
+    path: str
+    digest: str
+    size: int
+
+
+class VersionRefOut(BaseModel):
+    name: str
+    version: int
+
+
+class VersionOut(BaseModel):
+    """One adapter version: what `show --json` prints and the versions endpoints return."""
+
+    name: str
+    version: int
+    ref: str
+    status: str
+    peft_type: str
+    task_type: str | None
+    r: int | None
+    lora_alpha: float | None
+    target_modules: list[str] | str | None
+    base_model: str | None
+    base_model_revision: str | None
+    declared_base_model: str | None
+    parent: VersionRefOut | None
+    metadata: dict[str, str]
+    git_commit: str | None
+    ci_run_url: str | None
+    idempotency_key: str | None
+    content_digest: str
+    total_size: int
+    tensor_count: int
+    created_at: datetime
+    created_by: str | None
+    files: list[FileOut]
+    adapter_config: dict[str, Any]
+
+
+class AdapterOut(BaseModel):
+    name: str
+    description: str | None
+    task_type: str | None
+    latest_version: int | None
+    version_count: int
+    created_at: datetime
+
+
+class CreateVersionIn(BaseModel):
+    """Body of ``POST /api/v1/adapters/{name}/versions``: files already uploaded as blobs."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    files: dict[str, str] = Field(description="path inside the adapter -> sha256 digest")
+    base_model: str | None = None
+    parent: str | None = Field(default=None, description="NAME:VERSION of the parent version")
+    metadata: dict[str, str] = Field(default_factory=dict)
+    idempotency_key: str | None = Field(default=None, max_length=200)
+    git_commit: str | None = Field(default=None, max_length=64)
+    ci_run_url: str | None = Field(default=None, max_length=1000)
+    created_by: str | None = Field(default=None, max_length=200)
+    description: str | None = Field(default=None, max_length=10_000)

@@ -1,0 +1,368 @@
+"""Adapter versions: create (static checks + one transaction), look up, list."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Sequence
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, selectinload
+
+from registry.adapters.refs import Ref, validate_name
+from registry.adapters.schemas import (
+    AdapterOut,
+    CreateVersionIn,
+    FileOut,
+    VersionOut,
+    VersionRefOut,
+)
+from registry.config import Settings
+from registry.db.base import utcnow
+from registry.db.dialect import insert_ignore
+from registry.db.models import (
+    Adapter,
+    AdapterVersion,
+    BaseModel,
+    Blob,
+    VersionFile,
+    VersionStatus,
+)
+from registry.errors import (
+    AdapterNotFound,
+    BlobNotFound,
+    IdempotencyConflict,
+    InvalidInput,
+    InvalidReference,
+    TooLarge,
+    VersionNotFound,
+)
+from registry.formats import Limits, inspect_adapter, normalize_path
+from registry.storage import BlobStore, parse_digest
+
+_META_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,200}$")
+_GIT_COMMIT = re.compile(r"^[0-9a-fA-F]{7,64}$")
+MAX_META_VALUE = 2000
+
+
+def content_digest(files: dict[str, str]) -> str:
+    """Digest of a version's file manifest: equal for equal content, whatever the push order."""
+    h = hashlib.sha256()
+    for path in sorted(files):
+        h.update(f"{path}\t{files[path]}\n".encode())
+    return f"sha256:{h.hexdigest()}"
+
+
+class _BlobFiles:
+    """FileAccess over stored blobs, so the server's checks read only headers (range reads)."""
+
+    def __init__(self, store: BlobStore, files: dict[str, Blob]) -> None:
+        self._store = store
+        self._files = files
+
+    def size(self, path: str) -> int:
+        return self._files[path].size
+
+    def read(self, path: str, offset: int, length: int) -> bytes:
+        return self._store.read_range(self._files[path].digest, offset, length)
+
+
+def limits_from(settings: Settings) -> Limits:
+    return Limits(
+        max_file_bytes=settings.max_file_bytes,
+        max_files=settings.max_files_per_version,
+        max_config_bytes=settings.max_config_bytes,
+        max_header_bytes=settings.max_header_bytes,
+    )
+
+
+def _check_request(body: CreateVersionIn, settings: Settings) -> None:
+    if not body.files:
+        raise InvalidInput("a version needs at least one file")
+    if len(body.files) > settings.max_files_per_version:
+        raise TooLarge(
+            f"{len(body.files)} files exceed the limit of {settings.max_files_per_version}"
+        )
+    for path, digest in body.files.items():
+        normalize_path(path)
+        parse_digest(digest)
+    for key, value in body.metadata.items():
+        if not _META_KEY.match(key):
+            raise InvalidInput(
+                f"invalid metadata key {key[:80]!r}: use letters, digits, '_', '.', '-' "
+                "(at most 64 characters)"
+            )
+        if len(value) > MAX_META_VALUE:
+            raise InvalidInput(f"metadata value for {key!r} exceeds {MAX_META_VALUE} characters")
+    if len(json.dumps(body.metadata)) > settings.max_metadata_bytes:
+        raise TooLarge(f"metadata exceeds {settings.max_metadata_bytes} bytes")
+    if body.idempotency_key is not None and not _IDEMPOTENCY_KEY.match(body.idempotency_key):
+        raise InvalidInput("invalid idempotency key: 1-200 printable ASCII characters, no spaces")
+    if body.git_commit is not None and not _GIT_COMMIT.match(body.git_commit):
+        raise InvalidInput(f"invalid git commit {body.git_commit[:80]!r}: expected a hex sha")
+    if body.ci_run_url is not None and not body.ci_run_url.startswith(("https://", "http://")):
+        raise InvalidInput("invalid CI run URL: expected http(s)://…")
+
+
+def _resolve_parent(session: Session, parent: str | None) -> AdapterVersion | None:
+    if parent is None:
+        return None
+    from registry.adapters.refs import parse_ref
+
+    ref = parse_ref(parent)
+    if ref.version is None:
+        raise InvalidReference(f"parent must name a version as NAME:VERSION, got {parent!r}")
+    return get_version(session, name=ref.name, version=ref.version)
+
+
+def _resolve_base(session: Session, name: str | None) -> BaseModel | None:
+    if name is None:
+        return None
+    validate_name(name, what="base model name")
+    # Base models are a minimal reference for now: naming one registers it.
+    insert_ignore(session, BaseModel.__table__, {"name": name}, keys=["name"])
+    return session.scalars(select(BaseModel).where(BaseModel.name == name)).one()
+
+
+def _same_request(existing: AdapterVersion, digest: str, base: BaseModel | None,
+                  parent: AdapterVersion | None) -> bool:
+    return (
+        existing.content_digest == digest
+        and existing.base_model_id == (base.id if base else None)
+        and existing.parent_id == (parent.id if parent else None)
+    )
+
+
+def create_version(
+    session: Session, store: BlobStore, *, name: str, body: CreateVersionIn, settings: Settings
+) -> tuple[AdapterVersion, bool]:
+    """Register a new version from files already in the blob store.
+
+    Every static check runs before anything is written; the version, its files and the adapter
+    row are written in the caller's transaction, so a rejected push leaves nothing behind.
+
+    Args:
+        session: the unit of work (flushed here, committed by the caller).
+        store: where the files' blobs live; only configs and safetensors headers are read.
+        name: the adapter name.
+        body: file manifest and metadata.
+        settings: limits.
+
+    Returns:
+        ``(version, created)``; ``created`` is False when an idempotency key matched an
+        existing version with the same content.
+
+    Raises:
+        InvalidName, InvalidInput, InvalidAdapter (and subclasses), BlobNotFound,
+        VersionNotFound (parent), IdempotencyConflict.
+    """
+    validate_name(name)
+    _check_request(body, settings)
+    digest = content_digest(body.files)
+
+    blobs = {
+        b.digest: b
+        for b in session.scalars(select(Blob).where(Blob.digest.in_(set(body.files.values()))))
+    }
+    for path, file_digest in sorted(body.files.items()):
+        if file_digest not in blobs:
+            raise BlobNotFound(
+                f"blob {file_digest} for {path!r} has not been uploaded; "
+                f"PUT /api/v1/blobs/{file_digest} first"
+            )
+    files = {path: blobs[d] for path, d in body.files.items()}
+    inspection = inspect_adapter(
+        sorted(files), _BlobFiles(store, files), limits=limits_from(settings)
+    )
+    summary = inspection.summary()
+    parent = _resolve_parent(session, body.parent)
+    base = _resolve_base(session, body.base_model)
+
+    insert_ignore(
+        session,
+        Adapter.__table__,
+        {"name": name, "version_counter": 0, "created_at": utcnow(),
+         "description": body.description, "task_type": summary["task_type"]},
+        keys=["name"],
+    )
+    # The row lock serialises concurrent pushes to one adapter: version numbers are handed out
+    # one at a time and an idempotency key is checked by whoever holds the lock.
+    adapter = session.scalars(
+        select(Adapter)
+        .where(Adapter.name == name)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    ).one()
+    if body.idempotency_key is not None:
+        existing = session.scalars(
+            select(AdapterVersion).where(
+                AdapterVersion.adapter_id == adapter.id,
+                AdapterVersion.idempotency_key == body.idempotency_key,
+            )
+        ).one_or_none()
+        if existing is not None:
+            if _same_request(existing, digest, base, parent):
+                return existing, False
+            raise IdempotencyConflict(
+                f"idempotency key {body.idempotency_key!r} was used for {name}:"
+                f"{existing.version} with different content"
+            )
+
+    adapter.version_counter += 1
+    version = AdapterVersion(
+        adapter=adapter,
+        version=adapter.version_counter,
+        status=VersionStatus.registered,
+        peft_type=summary["peft_type"],
+        task_type=summary["task_type"],
+        r=summary["r"],
+        lora_alpha=summary["lora_alpha"],
+        target_modules=summary["target_modules"],
+        adapter_config=inspection.config.raw,
+        tensor_manifest=inspection.manifest_json(),
+        tensor_count=len(inspection.tensors),
+        total_size=sum(b.size for b in files.values()),
+        content_digest=digest,
+        base_model=base,
+        declared_base_model=summary["base_model_name_or_path"],
+        parent=parent,
+        meta=dict(body.metadata),
+        git_commit=body.git_commit,
+        ci_run_url=body.ci_run_url,
+        idempotency_key=body.idempotency_key,
+        created_by=body.created_by,
+    )
+    version.files = [VersionFile(path=p, blob=b) for p, b in sorted(files.items())]
+    if adapter.description is None and body.description:
+        adapter.description = body.description
+    session.add(version)
+    session.flush()
+    return version, True
+
+
+def _version_query():  # type: ignore[no-untyped-def]
+    return select(AdapterVersion).options(
+        selectinload(AdapterVersion.files).selectinload(VersionFile.blob),
+        selectinload(AdapterVersion.adapter),
+        selectinload(AdapterVersion.base_model),
+        selectinload(AdapterVersion.parent).selectinload(AdapterVersion.adapter),
+    )
+
+
+def _adapter(session: Session, name: str) -> Adapter:
+    validate_name(name)
+    adapter = session.scalars(select(Adapter).where(Adapter.name == name)).one_or_none()
+    if adapter is None:
+        raise AdapterNotFound(f"no adapter {name!r}")
+    return adapter
+
+
+def get_version(session: Session, *, name: str, version: int | None) -> AdapterVersion:
+    """The version ``name:version``, or the latest when ``version`` is None.
+
+    Raises:
+        AdapterNotFound, VersionNotFound.
+    """
+    adapter = _adapter(session, name)
+    stmt = _version_query().where(AdapterVersion.adapter_id == adapter.id)
+    if version is None:
+        stmt = stmt.order_by(AdapterVersion.version.desc()).limit(1)
+    else:
+        stmt = stmt.where(AdapterVersion.version == version)
+    found = session.scalars(stmt).one_or_none()
+    if found is None:
+        if version is None:
+            raise VersionNotFound(f"adapter {name!r} has no versions")
+        raise VersionNotFound(f"no version {name}:{version}")
+    return found
+
+
+def resolve_ref(session: Session, ref: Ref) -> AdapterVersion:
+    """Resolve a parsed reference to a version.
+
+    Raises:
+        AdapterNotFound, VersionNotFound, InvalidReference (aliases are not supported yet).
+    """
+    if ref.alias is not None:
+        raise InvalidReference(
+            f"aliases are not supported by this registry yet; use {ref.name}:VERSION"
+        )
+    return get_version(session, name=ref.name, version=ref.version)
+
+
+def list_versions(session: Session, *, name: str) -> Sequence[AdapterVersion]:
+    adapter = _adapter(session, name)
+    stmt = (
+        _version_query()
+        .where(AdapterVersion.adapter_id == adapter.id)
+        .order_by(AdapterVersion.version)
+    )
+    return session.scalars(stmt).all()
+
+
+def list_adapters(session: Session) -> list[AdapterOut]:
+    """Every adapter with its latest version number, computed in SQL."""
+    stats = (
+        select(
+            AdapterVersion.adapter_id,
+            func.max(AdapterVersion.version).label("latest"),
+            func.count(AdapterVersion.id).label("count"),
+        )
+        .group_by(AdapterVersion.adapter_id)
+        .subquery()
+    )
+    rows = session.execute(
+        select(Adapter, stats.c.latest, stats.c.count)
+        .outerjoin(stats, stats.c.adapter_id == Adapter.id)
+        .order_by(Adapter.name)
+    ).all()
+    return [
+        AdapterOut(
+            name=a.name,
+            description=a.description,
+            task_type=a.task_type,
+            latest_version=latest,
+            version_count=count or 0,
+            created_at=a.created_at,
+        )
+        for a, latest, count in rows
+    ]
+
+
+def tensor_manifest(session: Session, *, name: str, version: int) -> dict[str, dict]:
+    return get_version(session, name=name, version=version).tensor_manifest
+
+
+def to_out(v: AdapterVersion) -> VersionOut:
+    return VersionOut(
+        name=v.adapter.name,
+        version=v.version,
+        ref=f"{v.adapter.name}:{v.version}",
+        status=v.status.value,
+        peft_type=v.peft_type,
+        task_type=v.task_type,
+        r=v.r,
+        lora_alpha=v.lora_alpha,
+        target_modules=v.target_modules,
+        base_model=v.base_model.name if v.base_model else None,
+        base_model_revision=v.base_model.revision if v.base_model else None,
+        declared_base_model=v.declared_base_model,
+        parent=(
+            VersionRefOut(name=v.parent.adapter.name, version=v.parent.version)
+            if v.parent
+            else None
+        ),
+        metadata=v.meta,
+        git_commit=v.git_commit,
+        ci_run_url=v.ci_run_url,
+        idempotency_key=v.idempotency_key,
+        content_digest=v.content_digest,
+        total_size=v.total_size,
+        tensor_count=v.tensor_count,
+        created_at=v.created_at,
+        created_by=v.created_by,
+        files=[FileOut(path=f.path, digest=f.blob.digest, size=f.blob.size) for f in v.files],
+        adapter_config=v.adapter_config,
+    )

@@ -1,0 +1,1 @@
+"""HTTP API: app factory, dependencies, error handlers, health and metrics."""

@@ -1,0 +1,131 @@
+"""The FastAPI app factory: routers, error handlers, health, readiness and metrics."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import APIRouter, FastAPI, Request, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
+from sqlalchemy import text
+from starlette.concurrency import run_in_threadpool
+
+import registry
+from registry.adapters.router import router as adapters_router
+from registry.admin.router import router as admin_router
+from registry.api.deps import ContextDep
+from registry.api.errors import install_error_handlers
+from registry.blobs.router import router as blobs_router
+from registry.config import Settings
+from registry.context import RegistryContext
+from registry.errors import RegistryError
+
+health = APIRouter(tags=["health"])
+
+
+@health.get("/healthz")
+def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@health.get("/readyz")
+def readyz(ctx: ContextDep) -> JSONResponse:
+    checks: dict[str, str] = {}
+    try:
+        with ctx.engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+        checks["database"] = "ok"
+    except Exception as exc:  # readiness reports any failure instead of raising it
+        checks["database"] = f"error: {type(exc).__name__}"
+    try:
+        ctx.store.check()
+        checks["blob_store"] = "ok"
+    except RegistryError as exc:
+        checks["blob_store"] = f"error: {exc.detail}"
+    ready = all(v == "ok" for v in checks.values())
+    return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
+
+
+class Metrics:
+    """Prometheus metrics on a registry of the app's own (several apps may share a process)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "registry_http_requests_total", "HTTP requests", ["method", "route", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "registry_http_request_seconds", "HTTP request latency", ["method", "route"],
+            registry=self.registry,
+        )
+
+
+def create_app(
+    settings: Settings | None = None, *, context: RegistryContext | None = None
+) -> FastAPI:
+    """Build the API.
+
+    Args:
+        settings: configuration (defaults to the environment); ignored when ``context`` is given.
+        context: an already opened registry (tests and the embedded server share one).
+
+    Returns:
+        The app; the registry context opens on startup and closes on shutdown.
+    """
+    owned = context is None
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if app.state.registry is None:
+            app.state.registry = await run_in_threadpool(
+                RegistryContext.open, settings or Settings()
+            )
+        try:
+            yield
+        finally:
+            if owned and app.state.registry is not None:
+                app.state.registry.close()
+                app.state.registry = None
+
+    app = FastAPI(
+        title="adapter-registry",
+        version=registry.__version__,
+        description="Registry for LLM fine-tuning adapters (LoRA and other PEFT methods).",
+        lifespan=lifespan,
+    )
+    app.state.registry = context
+    metrics = Metrics()
+    app.state.metrics = metrics
+    install_error_handlers(app)
+    app.include_router(health)
+    app.include_router(blobs_router)
+    app.include_router(adapters_router)
+    app.include_router(admin_router)
+
+    @app.get("/metrics", tags=["health"], include_in_schema=False)
+    def prometheus_metrics() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.middleware("http")
+    async def observe(
+        request: Request, call_next: Callable[[Request], Awaitable[Any]]
+    ) -> Any:
+        start = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        path = getattr(route, "path", "unmatched")
+        metrics.requests.labels(request.method, path, str(response.status_code)).inc()
+        metrics.latency.labels(request.method, path).observe(time.perf_counter() - start)
+        return response
+
+    return app

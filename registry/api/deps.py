@@ -1,0 +1,46 @@
+"""Dependency aliases for routers: the session (one transaction per request), store, settings."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import Depends, Path, Request
+from sqlalchemy.orm import Session
+
+from registry.config import Settings
+from registry.context import RegistryContext
+from registry.db.engine import session_scope
+from registry.storage import BlobStore
+
+
+def get_context(request: Request) -> RegistryContext:
+    ctx: RegistryContext = request.app.state.registry
+    return ctx
+
+
+def get_session(request: Request) -> Iterator[Session]:
+    # The one place a request's transaction commits or rolls back.
+    with session_scope(get_context(request).sessions) as session:
+        yield session
+
+
+def get_store(request: Request) -> BlobStore:
+    return get_context(request).store
+
+
+def get_settings_dep(request: Request) -> Settings:
+    return get_context(request).settings
+
+
+ContextDep = Annotated[RegistryContext, Depends(get_context)]
+# scope="function": commit before the response is sent, so a 2xx means the write is durable.
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
+StoreDep = Annotated[BlobStore, Depends(get_store)]
+SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
+
+AdapterName = Annotated[
+    str, Path(description="adapter name, optionally namespace/name", max_length=200)
+]
+VersionNumber = Annotated[int, Path(ge=1, le=2**31 - 1, description="version number")]
+Digest = Annotated[str, Path(description="sha256:<64 hex digits>", max_length=71)]

@@ -1,0 +1,1 @@
+"""Blobs: content-addressed uploads, their database rows, and garbage collection."""

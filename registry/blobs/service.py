@@ -1,0 +1,103 @@
+"""Blob rows (a row = digest verified and recorded) and garbage collection of unused blobs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from sqlalchemy import delete, exists, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from registry.db.base import utcnow
+from registry.db.dialect import insert_ignore
+from registry.db.engine import session_scope
+from registry.db.models import Blob, VersionFile
+from registry.storage import BlobStore, parse_digest
+
+
+def get_blob(session: Session, *, digest: str) -> Blob | None:
+    """The recorded blob for ``digest``, or None (HEAD answers 404 then)."""
+    parse_digest(digest)
+    return session.scalars(select(Blob).where(Blob.digest == digest)).one_or_none()
+
+
+def record_blob(session: Session, *, digest: str, size: int) -> None:
+    """Record a blob whose content the store has verified; a second record is a no-op."""
+    insert_ignore(
+        session,
+        Blob.__table__,
+        {"digest": digest, "size": size, "created_at": utcnow()},
+        keys=["digest"],
+    )
+
+
+@dataclass
+class GcReport:
+    removed: list[str] = field(default_factory=list)
+    removed_bytes: int = 0
+    orphans_removed: list[str] = field(default_factory=list)
+    dry_run: bool = False
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "removed": self.removed,
+            "removed_count": len(self.removed),
+            "removed_bytes": self.removed_bytes,
+            "orphans_removed": self.orphans_removed,
+            "dry_run": self.dry_run,
+        }
+
+
+def collect_garbage(
+    factory: sessionmaker[Session],
+    store: BlobStore,
+    *,
+    grace_seconds: int,
+    dry_run: bool = False,
+    now: datetime | None = None,
+) -> GcReport:
+    """Remove blobs that no version references once they are older than the grace period.
+
+    The rows are deleted first (in one transaction, skipping rows another transaction holds),
+    then the objects; a blob referenced by any version is never a candidate, and the foreign
+    key from version files makes deleting one impossible. Objects in the store without a row
+    (an upload whose server died before recording it) are removed after the same grace period.
+
+    Args:
+        factory: session factory; gc commits its own transaction.
+        store: the blob store.
+        grace_seconds: minimum age of an unreferenced blob before it is removed.
+        dry_run: report what would be removed, remove nothing.
+        now: the current time (tests).
+
+    Returns:
+        What was (or would be) removed.
+    """
+    cutoff = (now or utcnow()) - timedelta(seconds=grace_seconds)
+    report = GcReport(dry_run=dry_run)
+    with session_scope(factory) as session:
+        candidates = (
+            select(Blob)
+            .where(Blob.created_at < cutoff)
+            .where(~exists().where(VersionFile.blob_id == Blob.id))
+            .order_by(Blob.id)
+        )
+        if session.get_bind().dialect.name == "postgresql":
+            candidates = candidates.with_for_update(skip_locked=True)
+        doomed = list(session.scalars(candidates))
+        report.removed = [b.digest for b in doomed]
+        report.removed_bytes = sum(b.size for b in doomed)
+        if doomed and not dry_run:
+            session.execute(delete(Blob).where(Blob.id.in_([b.id for b in doomed])))
+        known = set(session.scalars(select(Blob.digest)))
+    if dry_run:
+        return report
+    for digest in report.removed:
+        store.delete(digest)
+    for stat in store.iter_blobs():
+        if stat.digest not in known and stat.digest not in report.removed and (
+            stat.modified < cutoff
+        ):
+            store.delete(stat.digest)
+            report.orphans_removed.append(stat.digest)
+    return report

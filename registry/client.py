@@ -1,0 +1,166 @@
+"""Typed HTTP client for the registry API; the CLI and CI scripts use it.
+
+``HttpRegistry`` and ``registry.local.LocalRegistry`` implement the same ``RegistryBackend``
+protocol, so push and pull (``registry.transfer``) run unchanged against a server or the
+embedded registry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, BinaryIO, Protocol
+
+import httpx
+
+from registry import errors
+from registry.adapters.schemas import AdapterOut, CreateVersionIn, VersionOut
+
+Progress = Callable[[int], None] | None
+CHUNK = 1024 * 1024
+
+
+class RegistryBackend(Protocol):
+    """What push, pull, list, show and gc need from a registry, remote or embedded."""
+
+    def blob_exists(self, digest: str) -> bool: ...
+    def upload_blob(self, digest: str, path: Path, *, progress: Progress = None) -> None: ...
+    def download_blob(self, digest: str, out: BinaryIO, *, progress: Progress = None) -> None: ...
+    def create_version(self, name: str, body: CreateVersionIn) -> tuple[VersionOut, bool]: ...
+    def get_version(self, name: str, version: int | None) -> VersionOut: ...
+    def list_adapters(self) -> list[AdapterOut]: ...
+    def list_versions(self, name: str) -> list[VersionOut]: ...
+    def gc(self, *, grace_seconds: int | None, dry_run: bool) -> dict[str, Any]: ...
+    def close(self) -> None: ...
+
+
+def _error_classes() -> dict[str, type[errors.RegistryError]]:
+    found: dict[str, type[errors.RegistryError]] = {}
+    stack: list[type[errors.RegistryError]] = [errors.RegistryError]
+    while stack:
+        cls = stack.pop()
+        found.setdefault(cls.code, cls)
+        stack.extend(cls.__subclasses__())
+    return found
+
+
+_ERRORS = _error_classes()
+
+
+def _raise_for(response: httpx.Response) -> None:
+    if response.is_success:
+        return
+    code, detail = None, None
+    try:
+        body = response.json()
+        code, detail = body.get("error"), body.get("detail")
+    except ValueError:
+        pass
+    cls = _ERRORS.get(code or "")
+    if cls is None:
+        cls = {404: errors.NotFound, 409: errors.Conflict, 413: errors.TooLarge}.get(
+            response.status_code,
+            errors.InvalidInput if response.status_code < 500 else errors.RegistryUnavailable,
+        )
+    err = cls(detail or f"HTTP {response.status_code} from the registry")
+    err.status_code = response.status_code
+    raise err
+
+
+class HttpRegistry:
+    """A registry server reached over HTTP.
+
+    Args:
+        url: base URL, e.g. ``http://registry:8000``.
+        token: bearer token sent with every request, if any.
+        timeout: seconds for connect and for each read/write.
+    """
+
+    def __init__(self, url: str, *, token: str | None = None, timeout: float = 300.0) -> None:
+        headers = {"User-Agent": "adapter-registry-client"}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        self.url = url.rstrip("/")
+        self._http = httpx.Client(
+            base_url=self.url,
+            headers=headers,
+            timeout=httpx.Timeout(timeout, connect=10.0),
+        )
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            raise errors.RegistryUnavailable(
+                f"cannot reach the registry at {self.url}: {exc}"
+            ) from None
+        _raise_for(response)
+        return response
+
+    def blob_exists(self, digest: str) -> bool:
+        try:
+            self._request("HEAD", f"/api/v1/blobs/{digest}")
+        except errors.NotFound:
+            return False
+        return True
+
+    def upload_blob(self, digest: str, path: Path, *, progress: Progress = None) -> None:
+        size = path.stat().st_size
+
+        def body() -> Iterator[bytes]:
+            with path.open("rb") as fh:
+                while chunk := fh.read(CHUNK):
+                    if progress:
+                        progress(len(chunk))
+                    yield chunk
+
+        self._request(
+            "PUT",
+            f"/api/v1/blobs/{digest}",
+            content=body(),
+            headers={"Content-Length": str(size), "Content-Type": "application/octet-stream"},
+        )
+
+    def download_blob(self, digest: str, out: BinaryIO, *, progress: Progress = None) -> None:
+        try:
+            with self._http.stream("GET", f"/api/v1/blobs/{digest}") as response:
+                if not response.is_success:
+                    response.read()
+                    _raise_for(response)
+                for chunk in response.iter_raw(CHUNK):
+                    out.write(chunk)
+                    if progress:
+                        progress(len(chunk))
+        except httpx.TransportError as exc:
+            raise errors.RegistryUnavailable(
+                f"download of {digest} from {self.url} failed: {exc}"
+            ) from None
+
+    def create_version(self, name: str, body: CreateVersionIn) -> tuple[VersionOut, bool]:
+        response = self._request(
+            "POST", f"/api/v1/adapters/{name}/versions", json=body.model_dump(mode="json")
+        )
+        return VersionOut.model_validate(response.json()), response.status_code == 201
+
+    def get_version(self, name: str, version: int | None) -> VersionOut:
+        which = "latest" if version is None else str(version)
+        response = self._request("GET", f"/api/v1/adapters/{name}/versions/{which}")
+        return VersionOut.model_validate(response.json())
+
+    def list_adapters(self) -> list[AdapterOut]:
+        response = self._request("GET", "/api/v1/adapters")
+        return [AdapterOut.model_validate(a) for a in response.json()]
+
+    def list_versions(self, name: str) -> list[VersionOut]:
+        response = self._request("GET", f"/api/v1/adapters/{name}/versions")
+        return [VersionOut.model_validate(v) for v in response.json()]
+
+    def gc(self, *, grace_seconds: int | None, dry_run: bool) -> dict[str, Any]:
+        response = self._request(
+            "POST", "/api/v1/admin/gc", json={"grace_seconds": grace_seconds, "dry_run": dry_run}
+        )
+        result: dict[str, Any] = response.json()
+        return result
+
+    def close(self) -> None:
+        self._http.close()

@@ -1,0 +1,74 @@
+"""Settings: the one place configuration is read; every knob is an env var REGISTRY_*."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MiB = 1024 * 1024
+GiB = 1024 * MiB
+
+
+class Settings(BaseSettings):
+    """Registry configuration.
+
+    With nothing set, the registry is embedded: SQLite at ``$REGISTRY_HOME/registry.db`` and
+    blobs under ``$REGISTRY_HOME/blobs``.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="REGISTRY_", extra="ignore")
+
+    home: Path = Field(default_factory=lambda: Path.home() / ".adapter-registry")
+    database_url: str | None = None
+    blob_url: str | None = None
+
+    # Limits on what a client may store.
+    max_file_bytes: int = 20 * GiB
+    max_files_per_version: int = 1000
+    max_config_bytes: int = 1 * MiB
+    max_header_bytes: int = 100 * MiB
+    max_metadata_bytes: int = 64 * 1024
+
+    # Blobs no version references are removed by gc once older than this.
+    gc_grace_seconds: int = 24 * 3600
+
+    # Apply migrations when the server or embedded CLI opens the database. Default: only for the
+    # embedded SQLite registry; production runs `adapter-registry db upgrade` once per release.
+    auto_migrate: bool | None = None
+
+    # S3 multipart part size; also the buffer the server holds per upload.
+    s3_part_bytes: int = 8 * MiB
+
+    @model_validator(mode="after")
+    def _check_limits(self) -> Settings:
+        for name in ("max_file_bytes", "max_files_per_version", "max_config_bytes",
+                     "max_header_bytes", "max_metadata_bytes", "s3_part_bytes"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"REGISTRY_{name.upper()} must be positive")
+        if self.s3_part_bytes < 5 * MiB:
+            raise ValueError("REGISTRY_S3_PART_BYTES must be at least 5 MiB (S3 minimum part size)")
+        return self
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.home / 'registry.db'}"
+
+    @property
+    def resolved_blob_url(self) -> str:
+        return self.blob_url or (self.home / "blobs").as_uri()
+
+    @property
+    def should_migrate(self) -> bool:
+        return self.is_embedded if self.auto_migrate is None else self.auto_migrate
+
+    @property
+    def is_embedded(self) -> bool:
+        return self.resolved_database_url.startswith("sqlite")
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,1 @@
+"""Database: engine and session scope, declarative base, ORM models."""

@@ -1,0 +1,23 @@
+"""The few statements whose SQL differs between SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Table
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+
+def insert_ignore(
+    session: Session, table: Table, values: dict[str, Any], *, keys: list[str]
+) -> None:
+    """``INSERT … ON CONFLICT (keys) DO NOTHING``: create a row unless an equal one exists.
+
+    Safe under concurrency: of two sessions inserting the same key, one inserts and the other
+    waits for it (PostgreSQL) or for the database lock (SQLite) and then does nothing.
+    """
+    dialect = session.get_bind().dialect.name
+    module: Any = postgresql if dialect == "postgresql" else sqlite
+    stmt = module.insert(table).values(**values).on_conflict_do_nothing(index_elements=keys)
+    session.execute(stmt)

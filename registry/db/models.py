@@ -1,0 +1,132 @@
+"""ORM models: blobs, base models (a minimal reference for now), adapters, versions, files."""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Enum,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from registry.db.base import Base, BigId, utcnow
+
+
+class VersionStatus(enum.StrEnum):
+    registered = "registered"
+    validating = "validating"
+    validated = "validated"
+    failed = "failed"
+    archived = "archived"
+
+
+class Blob(Base):
+    """A content-addressed file in the blob store; a row exists only once its digest verified."""
+
+    __tablename__ = "blobs"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    digest: Mapped[str] = mapped_column(String(71), unique=True)
+    size: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+
+class BaseModel(Base):
+    """A base model that adapters are declared against (name and pinned revision)."""
+
+    __tablename__ = "base_models"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    revision: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Adapter(Base):
+    __tablename__ = "adapters"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    description: Mapped[str | None] = mapped_column(Text)
+    task_type: Mapped[str | None] = mapped_column(String(64))
+    # Last version number handed out; incremented under a row lock so numbers are never reused.
+    version_counter: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    versions: Mapped[list[AdapterVersion]] = relationship(
+        back_populates="adapter", order_by="AdapterVersion.version"
+    )
+
+
+class AdapterVersion(Base):
+    __tablename__ = "adapter_versions"
+    __table_args__ = (
+        UniqueConstraint("adapter_id", "version"),
+        UniqueConstraint("adapter_id", "idempotency_key"),
+        Index("ix_adapter_versions_adapter_id_status", "adapter_id", "status"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    adapter_id: Mapped[int] = mapped_column(ForeignKey("adapters.id", ondelete="CASCADE"))
+    version: Mapped[int] = mapped_column(Integer)
+    status: Mapped[VersionStatus] = mapped_column(
+        Enum(VersionStatus, native_enum=False, length=16, create_constraint=True,
+             name="version_status"),
+        default=VersionStatus.registered,
+    )
+    peft_type: Mapped[str] = mapped_column(String(32), index=True)
+    task_type: Mapped[str | None] = mapped_column(String(64))
+    r: Mapped[int | None] = mapped_column(Integer)
+    lora_alpha: Mapped[float | None] = mapped_column(Float)
+    target_modules: Mapped[Any] = mapped_column(JSON)
+    adapter_config: Mapped[dict[str, Any]] = mapped_column(JSON)
+    tensor_manifest: Mapped[dict[str, Any]] = mapped_column(JSON)
+    tensor_count: Mapped[int] = mapped_column(Integer)
+    total_size: Mapped[int] = mapped_column(BigInteger)
+    # sha256 over the sorted path/digest list: equal content <=> equal digest (idempotency).
+    content_digest: Mapped[str] = mapped_column(String(71))
+    base_model_id: Mapped[int | None] = mapped_column(
+        ForeignKey("base_models.id", ondelete="RESTRICT"), index=True
+    )
+    declared_base_model: Mapped[str | None] = mapped_column(String(500))
+    parent_id: Mapped[int | None] = mapped_column(
+        ForeignKey("adapter_versions.id", ondelete="RESTRICT"), index=True
+    )
+    meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, default=dict)
+    git_commit: Mapped[str | None] = mapped_column(String(64))
+    ci_run_url: Mapped[str | None] = mapped_column(String(1000))
+    idempotency_key: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    created_by: Mapped[str | None] = mapped_column(String(200))
+
+    adapter: Mapped[Adapter] = relationship(back_populates="versions")
+    base_model: Mapped[BaseModel | None] = relationship()
+    parent: Mapped[AdapterVersion | None] = relationship(remote_side=[id])
+    files: Mapped[list[VersionFile]] = relationship(
+        back_populates="version", order_by="VersionFile.path", cascade="all, delete-orphan"
+    )
+
+
+class VersionFile(Base):
+    __tablename__ = "version_files"
+    __table_args__ = (UniqueConstraint("version_id", "path"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    version_id: Mapped[int] = mapped_column(ForeignKey("adapter_versions.id", ondelete="CASCADE"))
+    path: Mapped[str] = mapped_column(String(1024))
+    # RESTRICT: a blob referenced by any version can never be deleted, whatever gc decides.
+    blob_id: Mapped[int] = mapped_column(ForeignKey("blobs.id", ondelete="RESTRICT"), index=True)
+
+    version: Mapped[AdapterVersion] = relationship(back_populates="files")
+    blob: Mapped[Blob] = relationship()

@@ -1,0 +1,170 @@
+"""The RegistryError tree: every condition a user can cause has its own class.
+
+The API maps each class to an HTTP status and a stable error code; the CLI prints the detail
+on one line and exits non-zero. The class docstring is the default message.
+"""
+
+from __future__ import annotations
+
+
+class RegistryError(Exception):
+    """The registry could not complete the request."""
+
+    status_code: int = 400
+    code: str = "registry_error"
+
+    def __init__(self, detail: str | None = None) -> None:
+        self.detail = detail or (self.__class__.__doc__ or "").strip().splitlines()[0]
+        super().__init__(self.detail)
+
+
+# --- 400/422: the input is wrong -------------------------------------------------------------
+
+
+class InvalidInput(RegistryError, ValueError):
+    """The request is malformed."""
+
+    status_code = 422
+    code = "invalid_input"
+
+
+class InvalidName(InvalidInput):
+    """Invalid adapter name."""
+
+    code = "invalid_name"
+
+
+class InvalidReference(InvalidInput):
+    """Invalid reference; use NAME, NAME:VERSION or NAME@ALIAS."""
+
+    code = "invalid_reference"
+
+
+class InvalidPath(InvalidInput):
+    """Invalid file path inside an adapter."""
+
+    code = "invalid_path"
+
+
+class InvalidDigest(InvalidInput):
+    """Invalid digest; expected sha256:<64 hex digits>."""
+
+    code = "invalid_digest"
+
+
+class InvalidAdapter(InvalidInput):
+    """The adapter failed a static check."""
+
+    code = "invalid_adapter"
+
+
+class UnsafeFormat(InvalidAdapter):
+    """Pickle-based weight files are refused; convert them to safetensors."""
+
+    code = "unsafe_format"
+
+
+class InvalidSafetensors(InvalidAdapter):
+    """The safetensors file is malformed."""
+
+    code = "invalid_safetensors"
+
+
+class InvalidAdapterConfig(InvalidAdapter):
+    """adapter_config.json is missing or invalid."""
+
+    code = "invalid_adapter_config"
+
+
+class TensorMismatch(InvalidAdapter):
+    """The adapter's tensors do not match its configuration."""
+
+    code = "tensor_mismatch"
+
+
+class DigestMismatch(InvalidInput):
+    """The uploaded content does not match the claimed digest."""
+
+    status_code = 400
+    code = "digest_mismatch"
+
+
+class TooLarge(InvalidInput):
+    """The content exceeds the configured size limit."""
+
+    status_code = 413
+    code = "too_large"
+
+
+# --- 404: something named does not exist -----------------------------------------------------
+
+
+class NotFound(RegistryError, LookupError):
+    """Not found."""
+
+    status_code = 404
+    code = "not_found"
+
+
+class AdapterNotFound(NotFound):
+    """No such adapter."""
+
+    code = "adapter_not_found"
+
+
+class VersionNotFound(NotFound):
+    """No such adapter version."""
+
+    code = "version_not_found"
+
+
+class BlobNotFound(NotFound):
+    """No such blob."""
+
+    code = "blob_not_found"
+
+
+class BaseModelNotFound(NotFound):
+    """No such base model."""
+
+    code = "base_model_not_found"
+
+
+# --- 409: the request contradicts what is stored ---------------------------------------------
+
+
+class Conflict(RegistryError):
+    """The request conflicts with the registry's current state."""
+
+    status_code = 409
+    code = "conflict"
+
+
+class IdempotencyConflict(Conflict):
+    """The idempotency key was already used for different content."""
+
+    code = "idempotency_conflict"
+
+
+# --- 5xx: the registry's own dependencies ------------------------------------------------------
+
+
+class StorageError(RegistryError):
+    """The blob store failed."""
+
+    status_code = 503
+    code = "storage_unavailable"
+
+
+class RegistryUnavailable(RegistryError):
+    """The registry server could not be reached."""
+
+    status_code = 503
+    code = "unavailable"
+
+
+class SchemaOutdated(RegistryError):
+    """The database schema is not at the current migration; run `adapter-registry db upgrade`."""
+
+    status_code = 503
+    code = "schema_outdated"

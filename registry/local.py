@@ -1,0 +1,77 @@
+"""The embedded registry: the RegistryBackend protocol served in-process, without HTTP."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from registry.adapters import service as adapters
+from registry.adapters.schemas import AdapterOut, CreateVersionIn, VersionOut
+from registry.blobs import service as blobs
+from registry.client import Progress
+from registry.config import Settings
+from registry.context import RegistryContext
+from registry.db.engine import session_scope
+from registry.errors import BlobNotFound, TooLarge
+
+
+class LocalRegistry:
+    """Runs the same services the API runs, on ``$REGISTRY_HOME`` (or configured URLs)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.ctx = RegistryContext.open(settings)
+
+    def blob_exists(self, digest: str) -> bool:
+        with session_scope(self.ctx.sessions) as session:
+            return blobs.get_blob(session, digest=digest) is not None
+
+    def upload_blob(self, digest: str, path: Path, *, progress: Progress = None) -> None:
+        limit = self.ctx.settings.max_file_bytes
+        if path.stat().st_size > limit:
+            raise TooLarge(f"{path.name} exceeds the limit of {limit} bytes")
+        with self.ctx.store.writer(digest, max_size=limit) as writer, path.open("rb") as fh:
+            while chunk := fh.read(1024 * 1024):
+                writer.write(chunk)
+                if progress:
+                    progress(len(chunk))
+            size = writer.commit()
+        with session_scope(self.ctx.sessions) as session:
+            blobs.record_blob(session, digest=digest, size=size)
+
+    def download_blob(self, digest: str, out: BinaryIO, *, progress: Progress = None) -> None:
+        with session_scope(self.ctx.sessions) as session:
+            if blobs.get_blob(session, digest=digest) is None:
+                raise BlobNotFound(f"blob {digest} is not stored")
+        for chunk in self.ctx.store.iter_chunks(digest):
+            out.write(chunk)
+            if progress:
+                progress(len(chunk))
+
+    def create_version(self, name: str, body: CreateVersionIn) -> tuple[VersionOut, bool]:
+        with session_scope(self.ctx.sessions) as session:
+            version, created = adapters.create_version(
+                session, self.ctx.store, name=name, body=body, settings=self.ctx.settings
+            )
+            return adapters.to_out(version), created
+
+    def get_version(self, name: str, version: int | None) -> VersionOut:
+        with session_scope(self.ctx.sessions) as session:
+            return adapters.to_out(adapters.get_version(session, name=name, version=version))
+
+    def list_adapters(self) -> list[AdapterOut]:
+        with session_scope(self.ctx.sessions) as session:
+            return adapters.list_adapters(session)
+
+    def list_versions(self, name: str) -> list[VersionOut]:
+        with session_scope(self.ctx.sessions) as session:
+            return [adapters.to_out(v) for v in adapters.list_versions(session, name=name)]
+
+    def gc(self, *, grace_seconds: int | None, dry_run: bool) -> dict[str, Any]:
+        grace = self.ctx.settings.gc_grace_seconds if grace_seconds is None else grace_seconds
+        report = blobs.collect_garbage(
+            self.ctx.sessions, self.ctx.store, grace_seconds=grace, dry_run=dry_run
+        )
+        return report.to_json()
+
+    def close(self) -> None:
+        self.ctx.close()

@@ -1,0 +1,427 @@
+"""S3BlobStore: blobs as S3 objects, published by completing a multipart upload once verified.
+
+Layout in the bucket::
+
+    <prefix>/blobs/sha256/<hex>    one object per blob, named by its 64 hex digits
+
+(``blobs/sha256/<hex>`` when the prefix is empty). Uploads in progress are S3 multipart uploads
+on that same key; S3 creates the object only when ``complete_multipart_upload`` is called,
+which happens only after the digest matched, so a blob is never visible unverified.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from registry.errors import BlobNotFound, InvalidInput, StorageError
+from registry.storage.base import (
+    DEFAULT_CHUNK,
+    BlobStat,
+    ChunkIterator,
+    HashingWriter,
+    MiB,
+    check_chunk_size,
+    check_range,
+    format_digest,
+    parse_digest,
+    put_file_via_writer,
+)
+
+log = logging.getLogger(__name__)
+
+MIN_PART_BYTES = 5 * MiB  # S3's minimum for every part but the last
+MAX_PARTS = 10_000  # S3's limit on parts per upload
+DEFAULT_PART_BYTES = 8 * MiB
+
+_NOT_FOUND_CODES = frozenset({"NoSuchKey", "NotFound", "404"})
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def _translate(exc: Exception, action: str, digest: str | None = None) -> Exception:
+    """Map a botocore exception to a RegistryError with a one-line message."""
+    if isinstance(exc, ClientError):
+        error = exc.response.get("Error", {})
+        code = str(error.get("Code", "Unknown"))
+        if digest is not None and code in _NOT_FOUND_CODES:
+            return BlobNotFound(f"blob {digest} not found")
+        if code == "NoSuchBucket":
+            bucket = error.get("BucketName", "")
+            return StorageError(_one_line(f"S3 {action} failed: bucket {bucket!r} does not exist"))
+        message = error.get("Message") or ""
+        return StorageError(_one_line(f"S3 {action} failed: {code} {message}"))
+    if isinstance(exc, BotoCoreError | OSError):
+        return StorageError(_one_line(f"S3 {action} failed: {exc}"))
+    return exc
+
+
+@contextlib.contextmanager
+def _s3_errors(action: str, digest: str | None = None) -> Iterator[None]:
+    try:
+        yield
+    except (ClientError, BotoCoreError) as exc:
+        raise _translate(exc, action, digest) from exc
+
+
+class S3BlobWriter(HashingWriter):
+    """Buffers at most one part in memory; starts a multipart upload once a full part is ready."""
+
+    def __init__(self, store: S3BlobStore, digest: str, *, max_size: int | None = None) -> None:
+        super().__init__(digest, max_size=max_size)
+        self._store = store
+        self._client = store.client
+        self._bucket = store.bucket
+        self._key = store.key_for(digest)
+        self._buffer = bytearray()
+        self._upload_id: str | None = None
+        self._parts: list[dict[str, Any]] = []
+
+    def _write(self, data: bytes) -> None:
+        part_bytes = self._store.part_bytes
+        self._buffer += data
+        while len(self._buffer) >= part_bytes:
+            part = self._buffer[:part_bytes]
+            del self._buffer[:part_bytes]
+            self._upload_part(part)
+
+    def _upload_part(self, body: bytes | bytearray) -> None:
+        if len(self._parts) >= MAX_PARTS:
+            raise StorageError(
+                f"blob {self.digest} needs more than {MAX_PARTS} parts of "
+                f"{self._store.part_bytes} bytes; raise the S3 part size"
+            )
+        with _s3_errors("upload"):
+            if self._upload_id is None:
+                resp = self._client.create_multipart_upload(Bucket=self._bucket, Key=self._key)
+                self._upload_id = resp["UploadId"]
+            number = len(self._parts) + 1
+            resp = self._client.upload_part(
+                Bucket=self._bucket,
+                Key=self._key,
+                UploadId=self._upload_id,
+                PartNumber=number,
+                Body=body,
+            )
+        self._parts.append({"PartNumber": number, "ETag": resp["ETag"]})
+
+    def _publish(self) -> None:
+        if self._store.exists(self.digest):
+            # Same digest, same bytes: keep the existing object, drop our upload.
+            self._discard()
+            return
+        if self._upload_id is None:
+            # Smaller than one part: a single PUT is atomic too.
+            with _s3_errors("upload"):
+                self._client.put_object(Bucket=self._bucket, Key=self._key, Body=self._buffer)
+        else:
+            if self._buffer:
+                self._upload_part(self._buffer)
+            with _s3_errors("upload"):
+                self._client.complete_multipart_upload(
+                    Bucket=self._bucket,
+                    Key=self._key,
+                    UploadId=self._upload_id,
+                    MultipartUpload={"Parts": self._parts},
+                )
+            self._upload_id = None
+        self._buffer = bytearray()
+
+    def _discard(self) -> None:
+        self._buffer = bytearray()
+        upload_id, self._upload_id = self._upload_id, None
+        if upload_id is None:
+            return
+        try:
+            self._client.abort_multipart_upload(
+                Bucket=self._bucket, Key=self._key, UploadId=upload_id
+            )
+        except (ClientError, BotoCoreError) as exc:
+            # Never mask the error that led here; cleanup_temp() retries later.
+            log.warning(
+                "could not abort S3 upload %s of %s: %s",
+                upload_id,
+                self._key,
+                _translate(exc, "abort"),
+            )
+
+
+class S3BlobStore:
+    """A BlobStore in an S3 (or S3-compatible) bucket, using the boto3 client it is given."""
+
+    def __init__(
+        self,
+        client: Any,
+        *,
+        bucket: str,
+        prefix: str = "",
+        part_bytes: int = DEFAULT_PART_BYTES,
+    ) -> None:
+        """Create a store over an existing bucket.
+
+        Args:
+            client: A boto3 S3 client; the store never creates its own.
+            bucket: The bucket; it must already exist (see :meth:`check`).
+            prefix: Key prefix, so one bucket can hold several registries.
+            part_bytes: Multipart part size, and the most an upload buffers in memory.
+
+        Raises:
+            InvalidInput: for an empty bucket name or a part size under 5 MiB.
+        """
+        if not bucket:
+            raise InvalidInput("an S3 blob store needs a bucket name")
+        if part_bytes < MIN_PART_BYTES:
+            raise InvalidInput(f"S3 part size must be at least {MIN_PART_BYTES} bytes")
+        self.client = client
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        self.part_bytes = part_bytes
+        self.url = f"s3://{bucket}/{self.prefix}" if self.prefix else f"s3://{bucket}"
+        self._blob_prefix = f"{self.prefix}/blobs/sha256/" if self.prefix else "blobs/sha256/"
+
+    def __repr__(self) -> str:
+        return f"S3BlobStore({self.url!r})"
+
+    def key_for(self, digest: str) -> str:
+        """Return the object key of a blob, whether or not it exists.
+
+        Args:
+            digest: The blob's digest.
+
+        Returns:
+            ``<prefix>/blobs/sha256/<hex>``.
+
+        Raises:
+            InvalidDigest: if the digest is malformed.
+        """
+        return self._blob_prefix + parse_digest(digest)
+
+    def exists(self, digest: str) -> bool:
+        """Report whether a committed blob exists.
+
+        Args:
+            digest: The blob's digest.
+
+        Returns:
+            True if the object exists.
+
+        Raises:
+            InvalidDigest: if the digest is malformed.
+            StorageError: if S3 fails (a missing bucket also reads as "no such blob" here,
+                because HEAD responses carry no error code; :meth:`check` tells them apart).
+        """
+        try:
+            self.stat(digest)
+        except BlobNotFound:
+            return False
+        return True
+
+    def stat(self, digest: str) -> BlobStat:
+        """Return a blob's size and modification time.
+
+        Args:
+            digest: The blob's digest.
+
+        Returns:
+            The blob's BlobStat.
+
+        Raises:
+            InvalidDigest: if the digest is malformed.
+            BlobNotFound: if no such blob is stored.
+            StorageError: if S3 fails.
+        """
+        key = self.key_for(digest)
+        with _s3_errors("head", digest):
+            resp = self.client.head_object(Bucket=self.bucket, Key=key)
+        return BlobStat(digest, int(resp["ContentLength"]), _utc(resp["LastModified"]))
+
+    def writer(self, digest: str, *, max_size: int | None = None) -> S3BlobWriter:
+        """Start an upload; nothing is visible until the writer's commit() verifies the digest.
+
+        Args:
+            digest: The digest the content must hash to.
+            max_size: Abort with TooLarge once more than this many bytes are written.
+
+        Returns:
+            An S3BlobWriter (also a context manager that aborts unless committed).
+
+        Raises:
+            InvalidDigest: if the digest is malformed.
+        """
+        return S3BlobWriter(self, digest, max_size=max_size)
+
+    def put_file(self, digest: str, path: Path, *, max_size: int | None = None) -> int:
+        """Upload a file, streaming it through :meth:`writer`.
+
+        Args:
+            digest: The digest the file must hash to.
+            path: The file to upload.
+            max_size: Refuse files larger than this.
+
+        Returns:
+            The blob's size in bytes.
+
+        Raises:
+            InvalidDigest, DigestMismatch, TooLarge, StorageError: see :meth:`writer`.
+            OSError: if the source file cannot be read.
+        """
+        return put_file_via_writer(self.writer(digest, max_size=max_size), path)
+
+    def iter_chunks(self, digest: str, *, chunk_size: int = DEFAULT_CHUNK) -> ChunkIterator:
+        """Stream a blob; the GET is sent now, so a missing blob raises here, not mid-stream.
+
+        Args:
+            digest: The blob's digest.
+            chunk_size: Maximum bytes per chunk.
+
+        Returns:
+            An iterator of chunks that releases the connection at EOF or on ``close()``.
+
+        Raises:
+            InvalidDigest: if the digest is malformed.
+            BlobNotFound: if no such blob is stored.
+            StorageError: if S3 fails (also while iterating).
+        """
+        check_chunk_size(chunk_size)
+        key = self.key_for(digest)
+        with _s3_errors("download", digest):
+            resp = self.client.get_object(Bucket=self.bucket, Key=key)
+        return ChunkIterator(resp["Body"], chunk_size, lambda exc: _translate(exc, "download"))
+
+    def read_range(self, digest: str, offset: int, length: int) -> bytes:
+        """Read part of a blob with a ranged GET.
+
+        Args:
+            digest: The blob's digest.
+            offset: First byte to read.
+            length: Maximum number of bytes to read.
+
+        Returns:
+            Up to ``length`` bytes; fewer (possibly none) at or past the end of the blob.
+
+        Raises:
+            InvalidDigest: if the digest is malformed.
+            InvalidInput: if offset or length is negative.
+            BlobNotFound: if no such blob is stored.
+            StorageError: if S3 fails.
+        """
+        check_range(offset, length)
+        key = self.key_for(digest)
+        if length == 0:
+            self.stat(digest)  # still report a missing blob
+            return b""
+        try:
+            resp = self.client.get_object(
+                Bucket=self.bucket, Key=key, Range=f"bytes={offset}-{offset + length - 1}"
+            )
+            with contextlib.closing(resp["Body"]) as body:
+                return bytes(body.read())
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") == "InvalidRange":
+                return b""  # the object exists but the range starts at or past its end
+            raise _translate(exc, "ranged read", digest) from exc
+        except BotoCoreError as exc:
+            raise _translate(exc, "ranged read", digest) from exc
+
+    def delete(self, digest: str) -> None:
+        """Delete a blob; a missing blob is not an error.
+
+        Args:
+            digest: The blob's digest.
+
+        Raises:
+            InvalidDigest: if the digest is malformed.
+            StorageError: if S3 fails.
+        """
+        key = self.key_for(digest)
+        with _s3_errors("delete"):
+            self.client.delete_object(Bucket=self.bucket, Key=key)
+
+    def iter_blobs(self) -> Iterator[BlobStat]:
+        """Yield every committed blob under the prefix, in key order.
+
+        Keys that do not belong in the layout are skipped.
+
+        Returns:
+            An iterator of BlobStat.
+
+        Raises:
+            StorageError: if S3 fails.
+        """
+        paginator = self.client.get_paginator("list_objects_v2")
+        with _s3_errors("list"):
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=self._blob_prefix):
+                for obj in page.get("Contents", []):
+                    name = obj["Key"][len(self._blob_prefix) :]
+                    try:
+                        digest = format_digest(name)
+                        parse_digest(digest)
+                    except InvalidInput:
+                        continue
+                    yield BlobStat(digest, int(obj["Size"]), _utc(obj["LastModified"]))
+
+    def check(self) -> None:
+        """Readiness probe: the endpoint answers and the bucket exists and is accessible.
+
+        Raises:
+            StorageError: with a one-line reason if not.
+        """
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+        except ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            if code in ("404", "NoSuchBucket", "NotFound"):
+                raise StorageError(f"S3 bucket {self.bucket!r} does not exist") from exc
+            if code in ("403", "AccessDenied"):
+                raise StorageError(f"access to S3 bucket {self.bucket!r} is denied") from exc
+            raise _translate(exc, f"check of bucket {self.bucket!r}") from exc
+        except BotoCoreError as exc:
+            raise _translate(exc, f"check of bucket {self.bucket!r}") from exc
+
+    def cleanup_temp(self, older_than_seconds: float = 3600) -> int:
+        """Abort multipart uploads under the prefix left by crashed uploads.
+
+        Args:
+            older_than_seconds: Only uploads initiated at least this long ago are aborted,
+                so live uploads are left alone.
+
+        Returns:
+            How many uploads were aborted.
+
+        Raises:
+            StorageError: if S3 fails.
+        """
+        cutoff = datetime.now(UTC) - timedelta(seconds=older_than_seconds)
+        aborted = 0
+        paginator = self.client.get_paginator("list_multipart_uploads")
+        with _s3_errors("cleanup of uploads"):
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=self._blob_prefix):
+                for upload in page.get("Uploads", []):
+                    if _utc(upload["Initiated"]) > cutoff:
+                        continue
+                    try:
+                        self.client.abort_multipart_upload(
+                            Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
+                        )
+                    except ClientError as exc:
+                        # Finished or aborted by its writer meanwhile.
+                        if exc.response.get("Error", {}).get("Code") == "NoSuchUpload":
+                            continue
+                        raise
+                    aborted += 1
+        return aborted
+
+
+def _utc(value: datetime) -> datetime:
+    # botocore returns tz-aware datetimes; be defensive about naive ones all the same.
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)

@@ -1,0 +1,189 @@
+"""Push a PEFT directory and pull a version back, over any RegistryBackend (HTTP or embedded)."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from registry.adapters.refs import parse_ref, validate_name
+from registry.adapters.schemas import CreateVersionIn, VersionOut
+from registry.adapters.service import limits_from
+from registry.ci_env import detect_provenance
+from registry.client import RegistryBackend
+from registry.config import Settings
+from registry.errors import DigestMismatch, InvalidInput, InvalidPath, InvalidReference
+from registry.formats import LocalDirAccess, inspect_adapter, list_local_files, normalize_path
+from registry.storage import sha256_file
+
+# A progress factory: called with (description, total bytes), returns an updater and a closer.
+ProgressFactory = Callable[[str, int], tuple[Callable[[int], None], Callable[[], None]]]
+
+
+@contextlib.contextmanager
+def _progress(factory: ProgressFactory | None, desc: str, total: int) -> Iterator[
+    Callable[[int], None] | None
+]:
+    if factory is None:
+        yield None
+        return
+    update, close = factory(desc, total)
+    try:
+        yield update
+    finally:
+        close()
+
+
+@dataclass
+class PushResult:
+    version: VersionOut
+    created: bool
+    uploaded: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+
+def push(
+    backend: RegistryBackend,
+    *,
+    name: str,
+    directory: Path,
+    settings: Settings,
+    base_model: str | None = None,
+    parent: str | None = None,
+    metadata: dict[str, str] | None = None,
+    idempotency_key: str | None = None,
+    description: str | None = None,
+    progress: ProgressFactory | None = None,
+) -> PushResult:
+    """Check a PEFT directory locally, upload missing blobs, and create the version.
+
+    The static checks run here first so a push the server would reject uploads nothing; the
+    server runs them again because clients can skip them.
+
+    Raises:
+        InvalidName, InvalidAdapter (and subclasses), InvalidInput, and whatever the backend
+        raises for the final create.
+    """
+    validate_name(name)
+    if parent is not None:
+        ref = parse_ref(parent)
+        if ref.version is None:
+            raise InvalidReference(f"--parent must be NAME:VERSION, got {parent!r}")
+    if not directory.is_dir():
+        raise InvalidInput(f"{directory} is not a directory")
+    paths = list_local_files(directory)
+    inspect_adapter(paths, LocalDirAccess(directory), limits=limits_from(settings))
+
+    files: dict[str, str] = {}
+    for path in paths:
+        files[path], _size = sha256_file(directory / path)
+
+    result_uploaded: list[str] = []
+    result_skipped: list[str] = []
+    uploaded_digests: set[str] = set()
+    for path in paths:
+        digest = files[path]
+        if digest in uploaded_digests or backend.blob_exists(digest):
+            result_skipped.append(path)
+            continue
+        local = directory / path
+        with _progress(progress, f"upload {path}", local.stat().st_size) as update:
+            backend.upload_blob(digest, local, progress=update)
+        uploaded_digests.add(digest)
+        result_uploaded.append(path)
+
+    prov = detect_provenance()
+    body = CreateVersionIn(
+        files=files,
+        base_model=base_model,
+        parent=parent,
+        metadata=metadata or {},
+        idempotency_key=idempotency_key,
+        git_commit=prov.git_commit,
+        ci_run_url=prov.ci_run_url,
+        created_by=prov.created_by,
+        description=description,
+    )
+    version, created = backend.create_version(name, body)
+    return PushResult(version, created, result_uploaded, result_skipped)
+
+
+def resolve(backend: RegistryBackend, ref: str) -> VersionOut:
+    parsed = parse_ref(ref)
+    if parsed.alias is not None:
+        raise InvalidReference(
+            f"aliases are not supported by this registry yet; use {parsed.name}:VERSION"
+        )
+    return backend.get_version(parsed.name, parsed.version)
+
+
+def pull(
+    backend: RegistryBackend,
+    *,
+    ref: str,
+    directory: Path,
+    progress: ProgressFactory | None = None,
+) -> tuple[VersionOut, list[str]]:
+    """Write every file of a version into ``directory``, each verified against its digest.
+
+    A file is written to a temporary name next to its destination and renamed into place only
+    after its sha256 and size match, so an interrupted pull never leaves a wrong file behind.
+
+    Returns:
+        The version and the paths written.
+
+    Raises:
+        NotFound subclasses, DigestMismatch, InvalidPath (a server sent an unsafe path).
+    """
+    version = resolve(backend, ref)
+    root = directory.resolve()
+    targets: list[tuple[str, Path]] = []
+    for f in version.files:
+        normalize_path(f.path)
+        target = (root / f.path).resolve()
+        if root not in target.parents:
+            raise InvalidPath(f"refusing to write {f.path!r} outside {directory}")
+        targets.append((f.path, target))
+    root.mkdir(parents=True, exist_ok=True)
+    written: list[str] = []
+    for f, (path, target) in zip(version.files, targets, strict=True):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial",
+                                        dir=target.parent)
+        tmp = Path(tmp_name)
+        try:
+            with os.fdopen(fd, "wb") as out, _progress(progress, f"pull {path}", f.size) as upd:
+                hasher = _HashingWriter(out)
+                backend.download_blob(f.digest, hasher, progress=upd)  # type: ignore[arg-type]
+                out.flush()
+                os.fsync(out.fileno())
+            got = f"sha256:{hasher.sha.hexdigest()}"
+            if got != f.digest or hasher.size != f.size:
+                raise DigestMismatch(
+                    f"{path}: downloaded content has digest {got} ({hasher.size} bytes), "
+                    f"expected {f.digest} ({f.size} bytes)"
+                )
+            os.replace(tmp, target)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        written.append(path)
+    return version, written
+
+
+class _HashingWriter:
+    """A file-like sink that hashes what passes through it."""
+
+    def __init__(self, out: object) -> None:
+        self._out = out
+        self.sha = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes) -> int:
+        self.sha.update(data)
+        self.size += len(data)
+        return self._out.write(data)  # type: ignore[attr-defined,no-any-return]

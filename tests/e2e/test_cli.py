@@ -1,0 +1,157 @@
+"""The `adapter-registry` CLI end to end: embedded registry, HTTP server, errors and exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from cli.main import cli
+from tests.integration.helpers import read_dir
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch) -> Path:
+    home = tmp_path / "registry-home"
+    monkeypatch.setenv("REGISTRY_HOME", str(home))
+    for var in ("REGISTRY_URL", "REGISTRY_DATABASE_URL", "REGISTRY_BLOB_URL"):
+        monkeypatch.delenv(var, raising=False)
+    return home
+
+
+def run(*args: str) -> tuple[int, object, str]:
+    result = CliRunner().invoke(cli, list(args), catch_exceptions=False)
+    out = result.stdout
+    parsed = None
+    if "--json" in args and result.exit_code == 0:
+        parsed = json.loads(out)  # exactly one JSON document
+    return result.exit_code, parsed if parsed is not None else out, result.stderr
+
+
+def test_embedded_push_list_show_pull(home, adapters_dir, tmp_path):
+    code, out, err = run("--json", "push", "support-bot", str(adapters_dir["lora"]),
+                         "--base", "tiny-llama", "--meta", "dataset=tickets-v3")
+    assert code == 0, err
+    assert {k: out[k] for k in ("name", "version", "status")} == {
+        "name": "support-bot", "version": 1, "status": "registered"}
+    code, out, _ = run("--json", "push", "support-bot", str(adapters_dir["lora_v2"]))
+    assert (code, out["version"]) == (0, 2)
+    assert (home / "registry.db").exists() and (home / "blobs").is_dir()
+
+    code, out, _ = run("--json", "list")
+    assert code == 0 and [(a["name"], a["latest_version"]) for a in out] == [("support-bot", 2)]
+    code, out, _ = run("--json", "list", "support-bot")
+    assert [v["version"] for v in out] == [1, 2]
+
+    code, out, _ = run("--json", "show", "support-bot:1")
+    assert code == 0
+    assert out["metadata"] == {"dataset": "tickets-v3"} and out["base_model"] == "tiny-llama"
+    assert {f["path"] for f in out["files"]} == set(read_dir(adapters_dir["lora"]))
+    code, out, _ = run("--json", "show", "support-bot")
+    assert out["version"] == 2
+
+    dest = tmp_path / "pulled"
+    code, out, _ = run("--json", "pull", "support-bot:1", str(dest))
+    assert code == 0 and out["version"] == 1
+    assert read_dir(dest) == read_dir(adapters_dir["lora"])
+
+    code, text, _ = run("show", "support-bot:2")
+    assert code == 0 and "support-bot:2" in text
+
+
+def test_pulled_adapter_loads_with_peft(home, adapters_dir, tmp_path):
+    import torch
+    from peft import PeftModel
+
+    from tests.peft_factory import tiny_llama
+
+    assert run("push", "loadable", str(adapters_dir["lora"]))[0] == 0
+    dest = tmp_path / "pulled"
+    assert run("pull", "loadable:1", str(dest))[0] == 0
+    inputs = torch.tensor([[1, 5, 9, 3]])
+    with torch.no_grad():
+        original = PeftModel.from_pretrained(tiny_llama(), str(adapters_dir["lora"]))
+        pulled = PeftModel.from_pretrained(tiny_llama(), str(dest))
+        plain = tiny_llama()
+        a, b, c = (m(inputs).logits for m in (original, pulled, plain))
+    assert torch.equal(a, b)
+    assert not torch.allclose(a, c)  # the adapter really changes the model
+
+
+def test_cli_over_http(live_server, adapters_dir, tmp_path):
+    code, out, err = run("--url", live_server.url, "--json", "push", "team/remote-bot",
+                         str(adapters_dir["ia3"]), "--idempotency-key", "build-1")
+    assert code == 0, err
+    assert out["version"] == 1
+    code, out, _ = run("--url", live_server.url, "--json", "push", "team/remote-bot",
+                       str(adapters_dir["ia3"]), "--idempotency-key", "build-1")
+    assert (out["version"], out["created"]) == (1, False)
+    code, _, err = run("--url", live_server.url, "push", "team/remote-bot",
+                       str(adapters_dir["lora"]), "--idempotency-key", "build-1")
+    assert code == 4 and err.startswith("error: ") and err.count("\n") == 1
+    dest = tmp_path / "remote"
+    code, out, _ = run("--url", live_server.url, "--json", "pull", "team/remote-bot:1", str(dest))
+    assert code == 0 and read_dir(dest) == read_dir(adapters_dir["ia3"])
+
+
+def _pickle_dir(tmp_path: Path, adapters_dir) -> Path:
+    d = tmp_path / "pickled"
+    d.mkdir()
+    (d / "adapter_config.json").write_bytes((adapters_dir["lora"] / "adapter_config.json")
+                                            .read_bytes())
+    (d / "adapter_model.bin").write_bytes(b"\x80\x04.")
+    return d
+
+
+@pytest.mark.parametrize(("args", "code", "fragment"), [
+    (["pull", "ghost:1", "{tmp}/x"], 3, "no adapter 'ghost'"),
+    (["show", "Bad Name"], 1, "invalid reference"),
+    (["show", "bot:zero"], 1, "invalid version"),
+    (["push", "bot", "{tmp}/does-not-exist"], 1, "not a directory"),
+    (["push", "Bad_Name", "{lora}"], 1, "invalid adapter name"),
+    (["push", "bot", "{lora}", "--meta", "novalue"], 1, "key=value"),
+    (["push", "bot", "{lora}", "--parent", "bot"], 1, "NAME:VERSION"),
+    (["push", "bot", "{pickle}"], 1, "safetensors"),
+    (["push", "bot", "{empty}"], 1, "adapter_config.json"),
+])
+def test_cli_errors_are_one_line(home, adapters_dir, tmp_path, args, code, fragment):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    subs = {"{tmp}": str(tmp_path), "{lora}": str(adapters_dir["lora"]),
+            "{pickle}": str(_pickle_dir(tmp_path, adapters_dir)), "{empty}": str(empty)}
+    argv = []
+    for a in args:
+        for k, v in subs.items():
+            a = a.replace(k, v)
+        argv.append(a)
+    exit_code, _, err = run(*argv)
+    assert exit_code == code, err
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    assert fragment in err
+    assert "Traceback" not in err
+    if argv[0] == "push":
+        assert run("--json", "list")[1] == []
+
+
+def test_console_script_unreachable_server_is_one_line(tmp_path):
+    env = {**os.environ, "REGISTRY_HOME": str(tmp_path)}
+    exe = Path(sys.executable).with_name("adapter-registry")
+    proc = subprocess.run([str(exe), "--url", "http://127.0.0.1:9", "list"],
+                          capture_output=True, text=True, env=env, timeout=60)
+    assert proc.returncode == 5
+    assert proc.stderr.startswith("error: cannot reach the registry") and (
+        proc.stderr.count("\n") == 1)
+    assert proc.stdout == ""
+
+
+def test_gc_command(home, adapters_dir):
+    assert run("push", "bot", str(adapters_dir["lora"]))[0] == 0
+    code, out, _ = run("--json", "gc", "--grace", "0")
+    assert code == 0 and out["removed"] == []  # everything is referenced
+    code, out, _ = run("--json", "db", "upgrade")
+    assert code == 0 and out["revision"]

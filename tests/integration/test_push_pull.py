@@ -1,0 +1,199 @@
+"""Push, pull, list and show through the HTTP API, on SQLite + local store and PostgreSQL + S3."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+
+from registry import errors
+from registry.client import HttpRegistry
+from registry.transfer import pull, push
+from tests.integration.helpers import digest_of, push_raw, read_dir, version_count
+
+
+def _tree_digest(directory: Path) -> dict[str, str]:
+    return {p: hashlib.sha256(d).hexdigest() for p, d in read_dir(directory).items()}
+
+
+def test_push_then_pull_round_trip(http: HttpRegistry, settings, adapters_dir, tmp_path):
+    src = adapters_dir["lora"]
+    first = push(http, name="support-bot", directory=src, settings=settings,
+                 base_model="tiny-llama", metadata={"dataset": "tickets-v3"})
+    assert (first.version.version, first.version.status, first.created) == (1, "registered", True)
+    assert sorted(first.uploaded) == sorted(read_dir(src))
+    second = push(http, name="support-bot", directory=adapters_dir["lora_v2"], settings=settings,
+                  base_model="tiny-llama")
+    assert second.version.version == 2
+
+    v1 = http.get_version("support-bot", 1)
+    assert v1.peft_type == "LORA"
+    assert v1.base_model == "tiny-llama"
+    assert v1.metadata == {"dataset": "tickets-v3"}
+    assert v1.r == json.loads((src / "adapter_config.json").read_text())["r"]
+    assert v1.tensor_count > 0
+    assert http.get_version("support-bot", None).version == 2
+
+    out = tmp_path / "pulled"
+    version, written = pull(http, ref="support-bot:1", directory=out)
+    assert version.version == 1
+    assert sorted(written) == sorted(read_dir(src))
+    assert _tree_digest(out) == _tree_digest(src)
+    latest, _ = pull(http, ref="support-bot", directory=tmp_path / "latest")
+    assert latest.version == 2
+    assert _tree_digest(tmp_path / "latest") == _tree_digest(adapters_dir["lora_v2"])
+
+
+def test_pushing_stored_content_uploads_nothing(http: HttpRegistry, settings, adapters_dir):
+    src = adapters_dir["dora"]
+    push(http, name="dedupe", directory=src, settings=settings)
+    again = push(http, name="dedupe-copy", directory=src, settings=settings)
+    assert again.uploaded == []
+    assert sorted(again.skipped) == sorted(read_dir(src))
+    assert again.version.version == 1
+
+
+@pytest.mark.parametrize("kind", ["lora_rank_pattern", "dora", "ia3", "modules_to_save",
+                                  "gpt2_lora", "bert_lora", "loha", "lokr", "prompt_tuning"])
+def test_every_adapter_kind_registers(http: HttpRegistry, settings, adapters_dir, kind):
+    result = push(http, name=f"kind-{kind.replace('_', '-')}", directory=adapters_dir[kind],
+                  settings=settings)
+    config = json.loads((adapters_dir[kind] / "adapter_config.json").read_text())
+    assert result.version.peft_type == config["peft_type"]
+    assert result.version.adapter_config == config  # unknown fields kept verbatim
+
+
+def test_idempotency_key(http: HttpRegistry, settings, adapters_dir, live_server):
+    first = push(http, name="ci-bot", directory=adapters_dir["lora"], settings=settings,
+                 idempotency_key="run-42")
+    retry = push(http, name="ci-bot", directory=adapters_dir["lora"], settings=settings,
+                 idempotency_key="run-42")
+    assert (retry.version.version, retry.created) == (first.version.version, False)
+    with pytest.raises(errors.IdempotencyConflict) as exc:
+        push(http, name="ci-bot", directory=adapters_dir["lora_v2"], settings=settings,
+             idempotency_key="run-42")
+    assert exc.value.status_code == 409
+    assert version_count(live_server.url, "ci-bot") == 1
+
+
+def test_lineage_metadata_and_ci_provenance(http, settings, adapters_dir, monkeypatch):
+    monkeypatch.setenv("GITHUB_ACTIONS", "true")
+    monkeypatch.setenv("GITHUB_SHA", "a" * 40)
+    monkeypatch.setenv("GITHUB_SERVER_URL", "https://github.example")
+    monkeypatch.setenv("GITHUB_REPOSITORY", "acme/bots")
+    monkeypatch.setenv("GITHUB_RUN_ID", "777")
+    monkeypatch.setenv("GITHUB_ACTOR", "ci-user")
+    push(http, name="base-bot", directory=adapters_dir["lora"], settings=settings)
+    child = push(http, name="team/child-bot", directory=adapters_dir["lora_v2"],
+                 settings=settings, parent="base-bot:1", metadata={"dataset": "d2", "lr": "1e-4"})
+    v = http.get_version("team/child-bot", child.version.version)
+    assert v.parent is not None and (v.parent.name, v.parent.version) == ("base-bot", 1)
+    assert v.git_commit == "a" * 40
+    assert v.ci_run_url == "https://github.example/acme/bots/actions/runs/777"
+    assert v.created_by == "ci-user"
+    assert v.metadata == {"dataset": "d2", "lr": "1e-4"}
+    with pytest.raises(errors.VersionNotFound):
+        push(http, name="orphan", directory=adapters_dir["lora"], settings=settings,
+             parent="base-bot:9")
+
+
+def test_list_and_show(http: HttpRegistry, settings, adapters_dir):
+    push(http, name="alpha", directory=adapters_dir["lora"], settings=settings)
+    push(http, name="alpha", directory=adapters_dir["lora_v2"], settings=settings)
+    push(http, name="beta", directory=adapters_dir["ia3"], settings=settings)
+    listed = {a.name: a for a in http.list_adapters()}
+    assert listed["alpha"].latest_version == 2 and listed["alpha"].version_count == 2
+    assert listed["beta"].latest_version == 1
+    assert [v.version for v in http.list_versions("alpha")] == [1, 2]
+
+
+def test_concurrent_pushes_get_distinct_consecutive_versions(http, settings, adapters_dir,
+                                                             live_server):
+    src = adapters_dir["lora"]
+    push(http, name="warmup", directory=src, settings=settings)  # blobs stored once
+
+    def one(_: int) -> int:
+        client = HttpRegistry(live_server.url)
+        try:
+            return push(client, name="busy", directory=src, settings=settings).version.version
+        finally:
+            client.close()
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        versions = list(pool.map(one, range(16)))
+    assert sorted(versions) == list(range(1, 17))
+
+
+def test_pull_missing_version_is_404(http: HttpRegistry, settings, adapters_dir, tmp_path):
+    with pytest.raises(errors.AdapterNotFound):
+        pull(http, ref="nobody:1", directory=tmp_path / "x")
+    push(http, name="somebody", directory=adapters_dir["lora"], settings=settings)
+    with pytest.raises(errors.VersionNotFound):
+        pull(http, ref="somebody:7", directory=tmp_path / "y")
+    assert not (tmp_path / "y").exists()
+
+
+def test_blob_protocol(live_server):
+    url = live_server.url
+    data = b"hello adapter" * 1000
+    digest = digest_of(data)
+    assert httpx.head(f"{url}/api/v1/blobs/{digest}").status_code == 404
+    wrong = httpx.put(f"{url}/api/v1/blobs/{digest}", content=data + b"!")
+    assert wrong.status_code == 400 and wrong.json()["error"] == "digest_mismatch"
+    assert httpx.head(f"{url}/api/v1/blobs/{digest}").status_code == 404
+    assert httpx.put(f"{url}/api/v1/blobs/{digest}", content=data).status_code == 201
+    head = httpx.head(f"{url}/api/v1/blobs/{digest}")
+    assert head.status_code == 200 and int(head.headers["content-length"]) == len(data)
+    assert httpx.get(f"{url}/api/v1/blobs/{digest}").content == data
+    bad = httpx.head(f"{url}/api/v1/blobs/sha256:..%2F..%2Fetc")
+    assert bad.status_code in (404, 422)
+    bad = httpx.get(f"{url}/api/v1/blobs/sha256:XYZ")
+    assert bad.status_code == 422 and bad.json()["error"] == "invalid_digest"
+
+
+def test_blob_over_size_limit_is_refused(live_server, settings):
+    settings.max_file_bytes = 1000
+    data = b"x" * 5000
+    r = httpx.put(f"{live_server.url}/api/v1/blobs/{digest_of(data)}", content=data)
+    assert r.status_code == 413 and r.json()["error"] == "too_large"
+
+    def chunks():  # no Content-Length: the limit is enforced while streaming
+        yield data[:2500]
+        yield data[2500:]
+
+    r = httpx.put(f"{live_server.url}/api/v1/blobs/{digest_of(data)}", content=chunks())
+    assert r.status_code == 413
+    assert httpx.head(f"{live_server.url}/api/v1/blobs/{digest_of(data)}").status_code == 404
+
+
+def test_version_create_needs_uploaded_blobs(live_server, adapters_dir):
+    files = read_dir(adapters_dir["lora"])
+    body = {"files": {p: digest_of(d) for p, d in files.items()}}
+    r = httpx.post(f"{live_server.url}/api/v1/adapters/lonely/versions", json=body)
+    assert r.status_code == 404 and r.json()["error"] == "blob_not_found"
+    assert version_count(live_server.url, "lonely") == 0
+
+
+def test_health_ready_metrics_openapi(live_server):
+    url = live_server.url
+    assert httpx.get(f"{url}/healthz").json() == {"status": "ok"}
+    ready = httpx.get(f"{url}/readyz")
+    assert ready.status_code == 200 and ready.json()["ready"] is True
+    httpx.get(f"{url}/api/v1/adapters")
+    metrics = httpx.get(f"{url}/metrics").text
+    assert 'registry_http_requests_total{method="GET",route="/api/v1/adapters",status="200"}' in (
+        metrics)
+    spec = httpx.get(f"{url}/openapi.json").json()
+    assert "/api/v1/blobs/{digest}" in spec["paths"]
+    missing = httpx.get(f"{url}/api/v1/nothing-here")
+    assert missing.status_code == 404 and missing.json()["error"] == "not_found"
+
+
+def test_raw_push_of_valid_files_works(live_server, adapters_dir):
+    r = push_raw(live_server.url, "raw", read_dir(adapters_dir["lora"]))
+    assert r.status_code == 201, r.text
+    assert r.json()["version"] == 1
