@@ -32,7 +32,7 @@ def test_parse_ref(ref, expected):
 
 
 @pytest.mark.parametrize("ref", ["", "bot:", "bot:0", "bot:-1", "bot:x", "bot:1.5", "bot@",
-                                 "bot@Prod", "Bot:1", "bot:١"])
+                                 "bot@Prod", "Bot:1", "bot:\u0661"])
 def test_bad_refs(ref):
     with pytest.raises(InvalidReference):
         parse_ref(ref)

@@ -1,0 +1,51 @@
+"""Pure format layer: safetensors headers, PEFT configs, adapter file sets (no DB, no torch)."""
+
+from registry.formats.adapter import (
+    CONFIG_FILE,
+    PICKLE_SUFFIXES,
+    WEIGHTS_FILE,
+    AdapterInspection,
+    FileAccess,
+    Limits,
+    LocalDirAccess,
+    inspect_adapter,
+    list_local_files,
+    normalize_path,
+)
+from registry.formats.peft import (
+    PEFT_TYPES,
+    AdapterConfig,
+    check_tensors,
+    get_pattern_key,
+    parse_adapter_config,
+)
+from registry.formats.safetensors import (
+    DTYPE_BITS,
+    DTYPE_SIZES,
+    ReadAt,
+    TensorInfo,
+    parse_header,
+)
+
+__all__ = [
+    "CONFIG_FILE",
+    "DTYPE_BITS",
+    "DTYPE_SIZES",
+    "PEFT_TYPES",
+    "PICKLE_SUFFIXES",
+    "WEIGHTS_FILE",
+    "AdapterConfig",
+    "AdapterInspection",
+    "FileAccess",
+    "Limits",
+    "LocalDirAccess",
+    "ReadAt",
+    "TensorInfo",
+    "check_tensors",
+    "get_pattern_key",
+    "inspect_adapter",
+    "list_local_files",
+    "normalize_path",
+    "parse_adapter_config",
+    "parse_header",
+]
