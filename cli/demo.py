@@ -58,7 +58,7 @@ def build_models(base_dir: Path, adapter_dirs: list[Path]) -> None:
             for name, param in model.named_parameters():
                 if "lora_" in name:  # trained-looking weights (lora_B starts at zero)
                     param.normal_(0, 0.05)
-        model.save_pretrained(out)
+        model.save_pretrained(str(out))
         cfg = out / "adapter_config.json"
         cfg.write_text(cfg.read_text().replace('"base_model_name_or_path": null',
                                                f'"base_model_name_or_path": "{base_dir}"'))

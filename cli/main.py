@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 from pydantic import ValidationError
+from sqlalchemy.exc import OperationalError
 
 from cli import adapters, db, gc, server
 from cli.output import CliState, exit_code_for, fail
@@ -25,6 +26,8 @@ class RegistryGroup(click.Group):
             first = exc.errors()[0]
             loc = ".".join(str(p) for p in first.get("loc", ()))
             fail(f"invalid input: {loc}: {first.get('msg')}" if loc else str(first.get("msg")))
+        except OperationalError as exc:
+            fail(f"database unavailable: {str(exc.orig).splitlines()[0] if exc.orig else exc}", 5)
         except OSError as exc:
             fail(f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc))
         except KeyboardInterrupt:

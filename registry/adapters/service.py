@@ -122,7 +122,7 @@ def _resolve_base(session: Session, name: str | None) -> BaseModel | None:
         return None
     validate_name(name, what="base model name")
     # Base models are a minimal reference for now: naming one registers it.
-    insert_ignore(session, BaseModel.__table__, {"name": name}, keys=["name"])
+    insert_ignore(session, BaseModel, {"name": name}, keys=["name"])
     return session.scalars(select(BaseModel).where(BaseModel.name == name)).one()
 
 
@@ -182,7 +182,7 @@ def create_version(
 
     insert_ignore(
         session,
-        Adapter.__table__,
+        Adapter,
         {"name": name, "version_counter": 0, "created_at": utcnow(),
          "description": body.description, "task_type": summary["task_type"]},
         keys=["name"],

@@ -30,6 +30,7 @@ from registry.context import RegistryContext
 from registry.errors import RegistryError
 
 health = APIRouter(tags=["health"])
+MAX_JSON_BODY = 8 * 1024 * 1024
 
 
 @health.get("/healthz")
@@ -115,6 +116,23 @@ def create_app(
     @app.get("/metrics", tags=["health"], include_in_schema=False)
     def prometheus_metrics() -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.middleware("http")
+    async def limit_json_bodies(
+        request: Request, call_next: Callable[[Request], Awaitable[Any]]
+    ) -> Any:
+        # Blob uploads stream with their own limit; every other body is parsed in memory.
+        declared = request.headers.get("content-length")
+        if (
+            declared is not None
+            and not request.url.path.startswith("/api/v1/blobs/")
+            and (not declared.isdigit() or int(declared) > MAX_JSON_BODY)
+        ):
+            return JSONResponse(
+                {"error": "too_large", "detail": f"request body over {MAX_JSON_BODY} bytes"},
+                status_code=413,
+            )
+        return await call_next(request)
 
     @app.middleware("http")
     async def observe(

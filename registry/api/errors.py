@@ -7,6 +7,7 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from registry.errors import RegistryError
@@ -47,6 +48,11 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _http_error(_req: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = _HTTP_CODES.get(exc.status_code, "http_error")
         return _error(exc.status_code, code, str(exc.detail))
+
+    @app.exception_handler(OperationalError)
+    async def _database_down(req: Request, exc: OperationalError) -> JSONResponse:
+        log.error("database error on %s %s: %s", req.method, req.url.path, exc.orig)
+        return _error(503, "database_unavailable", "the registry database is unavailable")
 
     @app.exception_handler(Exception)
     async def _unexpected(req: Request, exc: Exception) -> JSONResponse:

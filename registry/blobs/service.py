@@ -25,7 +25,7 @@ def record_blob(session: Session, *, digest: str, size: int) -> None:
     """Record a blob whose content the store has verified; a second record is a no-op."""
     insert_ignore(
         session,
-        Blob.__table__,
+        Blob,
         {"digest": digest, "size": size, "created_at": utcnow()},
         keys=["digest"],
     )

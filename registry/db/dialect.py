@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Table
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from registry.db.base import Base
+
 
 def insert_ignore(
-    session: Session, table: Table, values: dict[str, Any], *, keys: list[str]
+    session: Session, model: type[Base], values: dict[str, Any], *, keys: list[str]
 ) -> None:
     """``INSERT … ON CONFLICT (keys) DO NOTHING``: create a row unless an equal one exists.
 
@@ -19,5 +20,5 @@ def insert_ignore(
     """
     dialect = session.get_bind().dialect.name
     module: Any = postgresql if dialect == "postgresql" else sqlite
-    stmt = module.insert(table).values(**values).on_conflict_do_nothing(index_elements=keys)
+    stmt = module.insert(model).values(**values).on_conflict_do_nothing(index_elements=keys)
     session.execute(stmt)

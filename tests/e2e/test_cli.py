@@ -155,3 +155,10 @@ def test_gc_command(home, adapters_dir):
     assert code == 0 and out["removed"] == []  # everything is referenced
     code, out, _ = run("--json", "db", "upgrade")
     assert code == 0 and out["revision"]
+
+
+def test_unreachable_database_is_one_line(tmp_path, monkeypatch):
+    monkeypatch.setenv("REGISTRY_HOME", str(tmp_path))
+    monkeypatch.setenv("REGISTRY_DATABASE_URL", "postgresql+psycopg://nobody@127.0.0.1:9/none")
+    code, _, err = run("list")
+    assert code == 5 and err.startswith("error: database unavailable") and err.count("\n") == 1

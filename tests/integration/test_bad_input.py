@@ -208,3 +208,10 @@ def test_client_refuses_before_uploading(live_server, settings, tmp_path: Path, 
     client.close()
     for data in lora_files.values():  # nothing was uploaded
         assert httpx.head(f"{live_server.url}/api/v1/blobs/{digest_of(data)}").status_code == 404
+
+
+def test_oversized_json_body_is_413(live_server):
+    r = httpx.post(f"{live_server.url}/api/v1/adapters/x/versions",
+                   content=b"{" + b" " * (9 * 1024 * 1024) + b"}",
+                   headers={"content-type": "application/json"})
+    assert r.status_code == 413 and r.json()["error"] == "too_large"
