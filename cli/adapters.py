@@ -48,6 +48,13 @@ def push(state: CliState, name: str, directory: Path, base_model: str | None,
     data = {"name": v.name, "version": v.version, "status": v.status, "created": result.created,
             "uploaded": result.uploaded, "skipped": result.skipped, "ref": v.ref}
 
+    verdict = v.compatibility
+    if verdict is not None and not verdict["compatible"]:
+        reasons = "; ".join(r.get("message", "") for r in verdict["reasons"][:3])
+        click.echo(f"warning: {v.ref} is not compatible with base {v.base_model}: {reasons}",
+                   err=True)
+    data["compatible"] = verdict["compatible"] if verdict is not None else None
+
     def human() -> None:
         what = "pushed" if result.created else "already registered (idempotency key)"
         click.echo(f"{what} {v.ref} [{v.status}] {v.peft_type} r={v.r} "

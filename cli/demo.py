@@ -1,7 +1,8 @@
 """`make demo`: the main job on the embedded registry, end to end, printing what happens.
 
-Starts the embedded registry server, builds a tiny Llama-style base model and a real LoRA adapter
-with peft (no hub), pushes it, lists, pulls it back and loads it with peft.
+Starts the embedded registry server, builds a tiny Llama-style base model and real LoRA adapters
+with peft (no hub), registers the base, pushes, lists, checks compatibility, pulls an adapter
+back and loads it with peft.
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ def build_models(base_dir: Path, adapter_dirs: list[Path]) -> None:
         model.save_pretrained(str(out))
         cfg = out / "adapter_config.json"
         cfg.write_text(cfg.read_text().replace('"base_model_name_or_path": null',
-                                               f'"base_model_name_or_path": "{base_dir}"'))
+                                               '"base_model_name_or_path": "tiny-llama"'))
 
 
 def free_port() -> int:
@@ -104,7 +105,12 @@ def main() -> None:
             time.sleep(0.2)
         print(f"server ready at {url}  (OpenAPI: {url}/docs)")
 
-        say("3. Push: static checks run locally, blobs upload by digest, then the version")
+        say("3. Register the base model: files go to the blob store, the manifest is read "
+            "from safetensors headers")
+        cli("--url", url, "base", "register", "tiny-llama", str(base_dir), env=env)
+        cli("--url", url, "base", "show", "tiny-llama", env=env)
+
+        say("4. Push: static checks run locally, blobs upload by digest, then the version")
         cli("--url", url, "push", "support-bot", str(v1_dir), "--base", "tiny-llama",
             "--meta", "dataset=tickets-v3", env=env)
         cli("--url", url, "push", "support-bot", str(v2_dir), "--base", "tiny-llama",
@@ -115,16 +121,20 @@ def main() -> None:
         cli("--url", url, "push", "support-bot", str(v1_dir), "--base", "tiny-llama",
             "--idempotency-key", "ci-run-1", env=env)
 
-        say("4. List and show")
+        say("5. List and show")
         cli("--url", url, "list", env=env)
         cli("--url", url, "list", "support-bot", env=env)
         cli("--url", url, "show", "support-bot:2", env=env)
 
-        say("5. Pull support-bot:1 back (every file verified against its digest)")
+        say("6. Static compatibility (tensor shapes only, no weights read)")
+        cli("--url", url, "compat", "support-bot:1", "--base", "tiny-llama", env=env)
+        cli("--url", url, "compat", "--base", "tiny-llama", env=env)
+
+        say("7. Pull support-bot:1 back (every file verified against its digest)")
         pulled = ROOT / "pulled"
         cli("--url", url, "pull", "support-bot:1", str(pulled), env=env)
 
-        say("6. A bad push is refused with one line, and nothing is stored")
+        say("8. A bad push is refused with one line, and nothing is stored")
         bad = ROOT / "bad-adapter"
         shutil.copytree(v1_dir, bad)
         (bad / "adapter_model.safetensors").rename(bad / "adapter_model.bin")
@@ -136,10 +146,10 @@ def main() -> None:
         server.terminate()
         server.wait(timeout=30)
 
-    say("7. The same registry without a server (embedded mode: no --url)")
+    say("9. The same registry without a server (embedded mode: no --url)")
     cli("list", "support-bot", env=env)
 
-    say("8. Load the pulled adapter with peft and compare with the original")
+    say("10. Load the pulled adapter with peft and compare with the original")
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM

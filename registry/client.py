@@ -15,6 +15,7 @@ import httpx
 
 from registry import errors
 from registry.adapters.schemas import AdapterOut, CreateVersionIn, VersionOut
+from registry.base_models.schemas import BaseModelOut, RegisterBaseIn
 
 Progress = Callable[[int], None] | None
 CHUNK = 1024 * 1024
@@ -31,6 +32,14 @@ class RegistryBackend(Protocol):
     def list_adapters(self) -> list[AdapterOut]: ...
     def list_versions(self, name: str) -> list[VersionOut]: ...
     def gc(self, *, grace_seconds: int | None, dry_run: bool) -> dict[str, Any]: ...
+    def register_base(self, body: RegisterBaseIn) -> tuple[BaseModelOut, bool]: ...
+    def get_base(self, name: str, revision: str | None = None) -> BaseModelOut: ...
+    def list_bases(self) -> list[BaseModelOut]: ...
+    def compat_verdict(self, name: str, version: int | None, *, base: str,
+                       base_revision: str | None = None) -> dict[str, Any]: ...
+    def compatible_versions(self, *, base: str,
+                            base_revision: str | None = None) -> list[dict[str, Any]]: ...
+    def compatible_bases(self, name: str, version: int | None) -> list[dict[str, Any]]: ...
     def close(self) -> None: ...
 
 
@@ -160,6 +169,42 @@ class HttpRegistry:
             "POST", "/api/v1/admin/gc", json={"grace_seconds": grace_seconds, "dry_run": dry_run}
         )
         result: dict[str, Any] = response.json()
+        return result
+
+    def register_base(self, body: RegisterBaseIn) -> tuple[BaseModelOut, bool]:
+        response = self._request("POST", "/api/v1/base-models",
+                                 json=body.model_dump(mode="json"))
+        return BaseModelOut.model_validate(response.json()), response.status_code == 201
+
+    def get_base(self, name: str, revision: str | None = None) -> BaseModelOut:
+        params = {"revision": revision} if revision else None
+        response = self._request("GET", f"/api/v1/base-models/{name}", params=params)
+        return BaseModelOut.model_validate(response.json())
+
+    def list_bases(self) -> list[BaseModelOut]:
+        response = self._request("GET", "/api/v1/base-models")
+        return [BaseModelOut.model_validate(b) for b in response.json()]
+
+    def compat_verdict(self, name: str, version: int | None, *, base: str,
+                       base_revision: str | None = None) -> dict[str, Any]:
+        which = "latest" if version is None else str(version)
+        params = {"base": base, **({"base_revision": base_revision} if base_revision else {})}
+        response = self._request("GET", f"/api/v1/adapters/{name}/versions/{which}/compat",
+                                 params=params)
+        result: dict[str, Any] = response.json()
+        return result
+
+    def compatible_versions(self, *, base: str,
+                            base_revision: str | None = None) -> list[dict[str, Any]]:
+        params = {"base": base, **({"base_revision": base_revision} if base_revision else {})}
+        response = self._request("GET", "/api/v1/compat", params=params)
+        result: list[dict[str, Any]] = response.json()
+        return result
+
+    def compatible_bases(self, name: str, version: int | None) -> list[dict[str, Any]]:
+        which = "latest" if version is None else str(version)
+        response = self._request("GET", f"/api/v1/adapters/{name}/versions/{which}/compat")
+        result: list[dict[str, Any]] = response.json()
         return result
 
     def close(self) -> None:

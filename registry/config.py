@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 
@@ -38,6 +39,12 @@ class Settings(BaseSettings):
     # Apply migrations when the server or embedded CLI opens the database. Default: only for the
     # embedded SQLite registry; production runs `adapter-registry db upgrade` once per release.
     auto_migrate: bool | None = None
+
+    # Hugging Face sources (hf://): the HF cache to read and whether to stay offline (cache only).
+    hf_cache_dir: Path | None = None
+    hf_offline: bool = Field(
+        default_factory=lambda: os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+    )
 
     # S3 multipart part size; also the buffer the server holds per upload.
     s3_part_bytes: int = 8 * MiB

@@ -82,6 +82,24 @@ class TensorMismatch(InvalidAdapter):
     code = "tensor_mismatch"
 
 
+class InvalidBaseModel(InvalidInput):
+    """The base model checkpoint is unusable."""
+
+    code = "invalid_base_model"
+
+
+class SourceUnavailable(InvalidInput):
+    """The model source could not be reached or resolved."""
+
+    code = "source_unavailable"
+
+
+class Unmergeable(InvalidAdapter):
+    """This adapter cannot be merged into its base model."""
+
+    code = "unmergeable"
+
+
 class DigestMismatch(InvalidInput):
     """The uploaded content does not match the claimed digest."""
 
@@ -138,6 +156,12 @@ class Conflict(RegistryError):
 
     status_code = 409
     code = "conflict"
+
+
+class BaseModelConflict(Conflict):
+    """A base model with this name is registered with different weights."""
+
+    code = "base_model_conflict"
 
 
 class IdempotencyConflict(Conflict):

@@ -7,8 +7,11 @@ from typing import Any, BinaryIO
 
 from registry.adapters import service as adapters
 from registry.adapters.schemas import AdapterOut, CreateVersionIn, VersionOut
+from registry.base_models import service as bases
+from registry.base_models.schemas import BaseModelOut, RegisterBaseIn
 from registry.blobs import service as blobs
 from registry.client import Progress
+from registry.compat import service as compat
 from registry.config import Settings
 from registry.context import RegistryContext
 from registry.db.engine import session_scope
@@ -72,6 +75,36 @@ class LocalRegistry:
             self.ctx.sessions, self.ctx.store, grace_seconds=grace, dry_run=dry_run
         )
         return report.to_json()
+
+    def register_base(self, body: RegisterBaseIn) -> tuple[BaseModelOut, bool]:
+        with session_scope(self.ctx.sessions) as session:
+            base, created = bases.register_base(
+                session, self.ctx.store, body=body, settings=self.ctx.settings
+            )
+            return bases.to_out(base), created
+
+    def get_base(self, name: str, revision: str | None = None) -> BaseModelOut:
+        with session_scope(self.ctx.sessions) as session:
+            return bases.to_out(bases.get_base(session, name=name, revision=revision))
+
+    def list_bases(self) -> list[BaseModelOut]:
+        with session_scope(self.ctx.sessions) as session:
+            return [bases.to_out(b) for b in bases.list_bases(session)]
+
+    def compat_verdict(self, name: str, version: int | None, *, base: str,
+                       base_revision: str | None = None) -> dict[str, Any]:
+        with session_scope(self.ctx.sessions) as session:
+            return compat.verdict_for(session, name=name, version=version, base=base,
+                                      base_revision=base_revision)
+
+    def compatible_versions(self, *, base: str,
+                            base_revision: str | None = None) -> list[dict[str, Any]]:
+        with session_scope(self.ctx.sessions) as session:
+            return compat.compatible_versions(session, base=base, base_revision=base_revision)
+
+    def compatible_bases(self, name: str, version: int | None) -> list[dict[str, Any]]:
+        with session_scope(self.ctx.sessions) as session:
+            return compat.compatible_bases(session, name=name, version=version)
 
     def close(self) -> None:
         self.ctx.close()

@@ -13,11 +13,20 @@ from pathlib import Path
 from registry.adapters.refs import parse_ref, validate_name
 from registry.adapters.schemas import CreateVersionIn, VersionOut
 from registry.adapters.service import limits_from
+from registry.base_models.schemas import BaseModelOut, RegisterBaseIn
+from registry.base_models.sources import wanted
 from registry.ci_env import detect_provenance
 from registry.client import RegistryBackend
 from registry.config import Settings
 from registry.errors import DigestMismatch, InvalidInput, InvalidPath, InvalidReference
-from registry.formats import LocalDirAccess, inspect_adapter, list_local_files, normalize_path
+from registry.formats import (
+    PICKLE_SUFFIXES,
+    LocalDirAccess,
+    inspect_adapter,
+    list_local_files,
+    normalize_path,
+)
+from registry.formats.checkpoint import read_checkpoint
 from registry.storage import sha256_file
 
 # A progress factory: called with (description, total bytes), returns an updater and a closer.
@@ -78,23 +87,8 @@ def push(
     paths = list_local_files(directory)
     inspect_adapter(paths, LocalDirAccess(directory), limits=limits_from(settings))
 
-    files: dict[str, str] = {}
-    for path in paths:
-        files[path], _size = sha256_file(directory / path)
-
-    result_uploaded: list[str] = []
-    result_skipped: list[str] = []
-    uploaded_digests: set[str] = set()
-    for path in paths:
-        digest = files[path]
-        if digest in uploaded_digests or backend.blob_exists(digest):
-            result_skipped.append(path)
-            continue
-        local = directory / path
-        with _progress(progress, f"upload {path}", local.stat().st_size) as update:
-            backend.upload_blob(digest, local, progress=update)
-        uploaded_digests.add(digest)
-        result_uploaded.append(path)
+    files = {path: sha256_file(directory / path)[0] for path in paths}
+    result_uploaded, result_skipped = _upload_missing(backend, directory, files, progress)
 
     prov = detect_provenance()
     body = CreateVersionIn(
@@ -110,6 +104,60 @@ def push(
     )
     version, created = backend.create_version(name, body)
     return PushResult(version, created, result_uploaded, result_skipped)
+
+
+def _upload_missing(backend: RegistryBackend, directory: Path, files: dict[str, str],
+                    progress: ProgressFactory | None) -> tuple[list[str], list[str]]:
+    uploaded: list[str] = []
+    skipped: list[str] = []
+    done: set[str] = set()
+    for path in sorted(files):
+        digest = files[path]
+        if digest in done or backend.blob_exists(digest):
+            skipped.append(path)
+            continue
+        local = directory / path
+        with _progress(progress, f"upload {path}", local.stat().st_size) as update:
+            backend.upload_blob(digest, local, progress=update)
+        done.add(digest)
+        uploaded.append(path)
+    return uploaded, skipped
+
+
+def register_base_dir(
+    backend: RegistryBackend,
+    *,
+    name: str,
+    directory: Path,
+    settings: Settings,
+    revision: str | None = None,
+    progress: ProgressFactory | None = None,
+) -> tuple[BaseModelOut, bool, list[str]]:
+    """Register a local Hugging Face checkpoint directory: check it, upload it, record it.
+
+    Only the checkpoint's own files are taken (top-level config, tokenizer and safetensors
+    files); pickle weights beside safetensors ones are left out, a pickle-only checkpoint is
+    refused before anything is uploaded.
+
+    Returns:
+        The base model, whether it was created, and the paths uploaded.
+    """
+    validate_name(name, what="base model name")
+    if not directory.is_dir():
+        raise InvalidInput(f"{directory} is not a directory")
+    paths = [p for p in list_local_files(directory) if wanted(p) or p.endswith(PICKLE_SUFFIXES)]
+    if any(p.endswith(".safetensors") for p in paths):
+        paths = [p for p in paths if not p.endswith(PICKLE_SUFFIXES)]
+    read_checkpoint(paths, LocalDirAccess(directory), max_header_bytes=settings.max_header_bytes,
+                    max_config_bytes=settings.max_config_bytes)
+    files = {path: sha256_file(directory / path)[0] for path in paths}
+    uploaded, _ = _upload_missing(backend, directory, files, progress)
+    prov = detect_provenance()
+    base, created = backend.register_base(RegisterBaseIn(
+        name=name, source=directory.resolve().as_uri(), revision=revision, files=files,
+        created_by=prov.created_by,
+    ))
+    return base, created, uploaded
 
 
 def resolve(backend: RegistryBackend, ref: str) -> VersionOut:

@@ -192,3 +192,16 @@ def adapters_dir(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     out["lora_v2"] = make_adapter(root / "lora_v2", "lora", seed=1,
                                   base_model_name_or_path="tiny-llama")
     return out
+
+
+@pytest.fixture(scope="session")
+def base_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Tiny base checkpoints (save_pretrained, safetensors) matching the factory's adapters."""
+    from tests.peft_factory import save_base, tiny_bert, tiny_gpt2, tiny_llama
+
+    root = tmp_path_factory.mktemp("bases")
+    return {
+        "llama": save_base(tiny_llama(), root / "tiny-llama"),
+        "gpt2": save_base(tiny_gpt2(), root / "tiny-gpt2"),
+        "bert": save_base(tiny_bert(), root / "tiny-bert"),
+    }

@@ -46,6 +46,9 @@ class VersionOut(BaseModel):
     created_by: str | None
     files: list[FileOut]
     adapter_config: dict[str, Any]
+    compatibility: dict[str, Any] | None = Field(
+        default=None, description="static verdict against the linked base model"
+    )
 
 
 class AdapterOut(BaseModel):

@@ -18,6 +18,7 @@ from registry.adapters.schemas import (
     VersionOut,
     VersionRefOut,
 )
+from registry.blobs.service import BlobFiles, blobs_for
 from registry.config import Settings
 from registry.db.base import utcnow
 from registry.db.dialect import insert_ignore
@@ -25,13 +26,11 @@ from registry.db.models import (
     Adapter,
     AdapterVersion,
     BaseModel,
-    Blob,
     VersionFile,
     VersionStatus,
 )
 from registry.errors import (
     AdapterNotFound,
-    BlobNotFound,
     IdempotencyConflict,
     InvalidInput,
     InvalidReference,
@@ -53,20 +52,6 @@ def content_digest(files: dict[str, str]) -> str:
     for path in sorted(files):
         h.update(f"{path}\t{files[path]}\n".encode())
     return f"sha256:{h.hexdigest()}"
-
-
-class _BlobFiles:
-    """FileAccess over stored blobs, so the server's checks read only headers (range reads)."""
-
-    def __init__(self, store: BlobStore, files: dict[str, Blob]) -> None:
-        self._store = store
-        self._files = files
-
-    def size(self, path: str) -> int:
-        return self._files[path].size
-
-    def read(self, path: str, offset: int, length: int) -> bytes:
-        return self._store.read_range(self._files[path].digest, offset, length)
 
 
 def limits_from(settings: Settings) -> Limits:
@@ -117,13 +102,13 @@ def _resolve_parent(session: Session, parent: str | None) -> AdapterVersion | No
     return get_version(session, name=ref.name, version=ref.version)
 
 
-def _resolve_base(session: Session, name: str | None) -> BaseModel | None:
-    if name is None:
-        return None
-    validate_name(name, what="base model name")
-    # Base models are a minimal reference for now: naming one registers it.
-    insert_ignore(session, BaseModel, {"name": name}, keys=["name"])
-    return session.scalars(select(BaseModel).where(BaseModel.name == name)).one()
+def _resolve_base(session: Session, name: str | None, declared: str | None) -> BaseModel | None:
+    from registry.base_models import service as bases
+
+    if name is not None:
+        return bases.get_base(session, name=name)
+    # No --base: a registered base whose name is the config's base_model_name_or_path.
+    return bases.find_base(session, declared)
 
 
 def _same_request(existing: AdapterVersion, digest: str, base: BaseModel | None,
@@ -162,23 +147,13 @@ def create_version(
     _check_request(body, settings)
     digest = content_digest(body.files)
 
-    blobs = {
-        b.digest: b
-        for b in session.scalars(select(Blob).where(Blob.digest.in_(set(body.files.values()))))
-    }
-    for path, file_digest in sorted(body.files.items()):
-        if file_digest not in blobs:
-            raise BlobNotFound(
-                f"blob {file_digest} for {path!r} has not been uploaded; "
-                f"PUT /api/v1/blobs/{file_digest} first"
-            )
-    files = {path: blobs[d] for path, d in body.files.items()}
+    files = blobs_for(session, body.files)
     inspection = inspect_adapter(
-        sorted(files), _BlobFiles(store, files), limits=limits_from(settings)
+        sorted(files), BlobFiles(store, files), limits=limits_from(settings)
     )
     summary = inspection.summary()
     parent = _resolve_parent(session, body.parent)
-    base = _resolve_base(session, body.base_model)
+    base = _resolve_base(session, body.base_model, summary["base_model_name_or_path"])
 
     insert_ignore(
         session,
@@ -239,6 +214,10 @@ def create_version(
         adapter.description = body.description
     session.add(version)
     session.flush()
+    from registry.compat import service as compat
+
+    compat.refresh_for_version(session, version=version)
+    session.refresh(version, ["verdicts"])
     return version, True
 
 
@@ -248,6 +227,7 @@ def _version_query():  # type: ignore[no-untyped-def]
         selectinload(AdapterVersion.adapter),
         selectinload(AdapterVersion.base_model),
         selectinload(AdapterVersion.parent).selectinload(AdapterVersion.adapter),
+        selectinload(AdapterVersion.verdicts),
     )
 
 
@@ -365,4 +345,13 @@ def to_out(v: AdapterVersion) -> VersionOut:
         created_by=v.created_by,
         files=[FileOut(path=f.path, digest=f.blob.digest, size=f.blob.size) for f in v.files],
         adapter_config=v.adapter_config,
+        compatibility=_linked_verdict(v),
     )
+
+
+def _linked_verdict(v: AdapterVersion) -> dict[str, object] | None:
+    for verdict in v.verdicts:
+        if verdict.base_model_id == v.base_model_id:
+            return {"compatible": verdict.compatible, "reasons": verdict.reasons,
+                    "warnings": verdict.warnings, "serving": verdict.serving}
+    return None

@@ -24,7 +24,9 @@ from registry.adapters.router import router as adapters_router
 from registry.admin.router import router as admin_router
 from registry.api.deps import ContextDep
 from registry.api.errors import install_error_handlers
+from registry.base_models.router import router as base_models_router
 from registry.blobs.router import router as blobs_router
+from registry.compat.router import router as compat_router
 from registry.config import Settings
 from registry.context import RegistryContext
 from registry.errors import RegistryError
@@ -110,7 +112,9 @@ def create_app(
     install_error_handlers(app)
     app.include_router(health)
     app.include_router(blobs_router)
+    app.include_router(compat_router)
     app.include_router(adapters_router)
+    app.include_router(base_models_router)
     app.include_router(admin_router)
 
     @app.get("/metrics", tags=["health"], include_in_schema=False)

@@ -11,7 +11,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from registry.db.base import utcnow
 from registry.db.dialect import insert_ignore
 from registry.db.engine import session_scope
-from registry.db.models import Blob, VersionFile
+from registry.db.models import BaseModelFile, Blob, VersionFile
+from registry.errors import BlobNotFound
 from registry.storage import BlobStore, parse_digest
 
 
@@ -19,6 +20,37 @@ def get_blob(session: Session, *, digest: str) -> Blob | None:
     """The recorded blob for ``digest``, or None (HEAD answers 404 then)."""
     parse_digest(digest)
     return session.scalars(select(Blob).where(Blob.digest == digest)).one_or_none()
+
+
+def blobs_for(session: Session, files: dict[str, str]) -> dict[str, Blob]:
+    """The recorded blob of every ``path -> digest``.
+
+    Raises:
+        BlobNotFound: a digest was never uploaded (names the path).
+    """
+    digests = set(files.values())
+    found = {b.digest: b for b in session.scalars(select(Blob).where(Blob.digest.in_(digests)))}
+    for path, digest in sorted(files.items()):
+        if digest not in found:
+            raise BlobNotFound(
+                f"blob {digest} for {path!r} has not been uploaded; "
+                f"PUT /api/v1/blobs/{digest} first"
+            )
+    return {path: found[digest] for path, digest in files.items()}
+
+
+class BlobFiles:
+    """FileAccess over stored blobs, so server-side checks read only headers (range reads)."""
+
+    def __init__(self, store: BlobStore, files: dict[str, Blob]) -> None:
+        self._store = store
+        self._files = files
+
+    def size(self, path: str) -> int:
+        return self._files[path].size
+
+    def read(self, path: str, offset: int, length: int) -> bytes:
+        return self._store.read_range(self._files[path].digest, offset, length)
 
 
 def record_blob(session: Session, *, digest: str, size: int) -> None:
@@ -59,9 +91,10 @@ def collect_garbage(
     """Remove blobs that no version references once they are older than the grace period.
 
     The rows are deleted first (in one transaction, skipping rows another transaction holds),
-    then the objects; a blob referenced by any version is never a candidate, and the foreign
-    key from version files makes deleting one impossible. Objects in the store without a row
-    (an upload whose server died before recording it) are removed after the same grace period.
+    then the objects; a blob referenced by any version or base model is never a candidate, and
+    the foreign keys from their file tables make deleting one impossible. Objects in the store
+    without a row (an upload whose server died before recording it) are removed after the same
+    grace period.
 
     Args:
         factory: session factory; gc commits its own transaction.
@@ -80,6 +113,7 @@ def collect_garbage(
             select(Blob)
             .where(Blob.created_at < cutoff)
             .where(~exists().where(VersionFile.blob_id == Blob.id))
+            .where(~exists().where(BaseModelFile.blob_id == Blob.id))
             .order_by(Blob.id)
         )
         if session.get_bind().dialect.name == "postgresql":

@@ -1,4 +1,4 @@
-"""ORM models: blobs, base models (a minimal reference for now), adapters, versions, files."""
+"""ORM models: blobs, base models, adapters, versions, their files, compatibility verdicts."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     Enum,
     Float,
     ForeignKey,
@@ -43,14 +44,64 @@ class Blob(Base):
 
 
 class BaseModel(Base):
-    """A base model that adapters are declared against (name and pinned revision)."""
+    """A base model at one pinned revision, with the tensor manifest adapters are checked against.
+
+    One name may have several revisions; ``--base NAME`` means the latest registered one.
+    """
 
     __tablename__ = "base_models"
+    __table_args__ = (
+        UniqueConstraint("name", "revision"),
+        Index("ix_base_models_name_created_at", "name", "created_at"),
+    )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
-    name: Mapped[str] = mapped_column(String(200), unique=True)
-    revision: Mapped[str | None] = mapped_column(String(200))
+    name: Mapped[str] = mapped_column(String(200))
+    revision: Mapped[str] = mapped_column(String(200))
+    # file:// (stored in the blob store), hf://org/repo@sha or s3://bucket/prefix (referenced).
+    source: Mapped[str] = mapped_column(String(1000))
+    source_kind: Mapped[str] = mapped_column(String(8))
+    # What makes two registrations "the same weights": file digests, or the pinned remote ref.
+    content_id: Mapped[str] = mapped_column(String(300))
+    architectures: Mapped[Any] = mapped_column(JSON)
+    model_type: Mapped[str | None] = mapped_column(String(64), index=True)
+    hidden_size: Mapped[int | None] = mapped_column(Integer)
+    vocab_size: Mapped[int | None] = mapped_column(Integer)
+    num_hidden_layers: Mapped[int | None] = mapped_column(Integer)
+    tie_word_embeddings: Mapped[bool | None] = mapped_column(Boolean)
+    config: Mapped[dict[str, Any]] = mapped_column(JSON)
+    tensor_manifest: Mapped[dict[str, Any]] = mapped_column(JSON)
+    tensor_count: Mapped[int] = mapped_column(Integer)
+    total_size: Mapped[int] = mapped_column(BigInteger)
+    fingerprint: Mapped[str] = mapped_column(String(71), index=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_by: Mapped[str | None] = mapped_column(String(200))
+
+    files: Mapped[list[BaseModelFile]] = relationship(
+        back_populates="base_model", order_by="BaseModelFile.path", cascade="all, delete-orphan"
+    )
+
+
+class BaseModelFile(Base):
+    """One file of a base checkpoint: a stored blob, or a referenced remote object."""
+
+    __tablename__ = "base_model_files"
+    __table_args__ = (UniqueConstraint("base_model_id", "path"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    base_model_id: Mapped[int] = mapped_column(
+        ForeignKey("base_models.id", ondelete="CASCADE")
+    )
+    path: Mapped[str] = mapped_column(String(1024))
+    size: Mapped[int] = mapped_column(BigInteger)
+    blob_id: Mapped[int | None] = mapped_column(
+        ForeignKey("blobs.id", ondelete="RESTRICT"), index=True
+    )
+    # Remote identity when referenced (S3 ETag, HF blob id): recorded, not verified on read.
+    etag: Mapped[str | None] = mapped_column(String(200))
+
+    base_model: Mapped[BaseModel] = relationship(back_populates="files")
+    blob: Mapped[Blob | None] = relationship()
 
 
 class Adapter(Base):
@@ -116,6 +167,7 @@ class AdapterVersion(Base):
     files: Mapped[list[VersionFile]] = relationship(
         back_populates="version", order_by="VersionFile.path", cascade="all, delete-orphan"
     )
+    verdicts: Mapped[list[Compatibility]] = relationship(viewonly=True)
 
 
 class VersionFile(Base):
@@ -130,3 +182,28 @@ class VersionFile(Base):
 
     version: Mapped[AdapterVersion] = relationship(back_populates="files")
     blob: Mapped[Blob] = relationship()
+
+
+class Compatibility(Base):
+    """A verdict: does this adapter version fit this base model? (static = from shapes only)."""
+
+    __tablename__ = "compatibility"
+    __table_args__ = (
+        UniqueConstraint("adapter_version_id", "base_model_id"),
+        # "what fits base B" and "what bases fit version V" are index scans.
+        Index("ix_compatibility_base_model_id_compatible", "base_model_id", "compatible"),
+        Index("ix_compatibility_adapter_version_id_compatible", "adapter_version_id",
+              "compatible"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    adapter_version_id: Mapped[int] = mapped_column(
+        ForeignKey("adapter_versions.id", ondelete="CASCADE")
+    )
+    base_model_id: Mapped[int] = mapped_column(ForeignKey("base_models.id", ondelete="CASCADE"))
+    compatible: Mapped[bool] = mapped_column(Boolean)
+    method: Mapped[str] = mapped_column(String(16))
+    reasons: Mapped[Any] = mapped_column(JSON)
+    warnings: Mapped[Any] = mapped_column(JSON)
+    serving: Mapped[dict[str, Any]] = mapped_column(JSON)
+    checked_at: Mapped[datetime] = mapped_column(default=utcnow)

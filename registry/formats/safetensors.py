@@ -60,6 +60,11 @@ class TensorInfo:
         """Number of elements (1 for a scalar)."""
         return math.prod(self.shape)
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes of tensor data (sub-byte dtypes rounded up)."""
+        return (self.numel * DTYPE_BITS[self.dtype] + 7) // 8
+
     def to_json(self) -> dict[str, Any]:
         """Return `{"dtype": ..., "shape": [...]}`."""
         return {"dtype": self.dtype, "shape": list(self.shape)}

@@ -33,7 +33,10 @@ def run(*args: str) -> tuple[int, object, str]:
     return result.exit_code, parsed if parsed is not None else out, result.stderr
 
 
-def test_embedded_push_list_show_pull(home, adapters_dir, tmp_path):
+def test_embedded_push_list_show_pull(home, adapters_dir, tmp_path, base_dirs):
+    code, out, err = run("--json", "base", "register", "tiny-llama", str(base_dirs["llama"]))
+    assert code == 0, err
+    assert out["name"] == "tiny-llama" and out["fingerprint"].startswith("sha256:")
     code, out, err = run("--json", "push", "support-bot", str(adapters_dir["lora"]),
                          "--base", "tiny-llama", "--meta", "dataset=tickets-v3")
     assert code == 0, err

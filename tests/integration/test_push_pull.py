@@ -20,7 +20,11 @@ def _tree_digest(directory: Path) -> dict[str, str]:
     return {p: hashlib.sha256(d).hexdigest() for p, d in read_dir(directory).items()}
 
 
-def test_push_then_pull_round_trip(http: HttpRegistry, settings, adapters_dir, tmp_path):
+def test_push_then_pull_round_trip(http: HttpRegistry, settings, adapters_dir, tmp_path,
+                                   base_dirs):
+    from registry.transfer import register_base_dir
+
+    register_base_dir(http, name="tiny-llama", directory=base_dirs["llama"], settings=settings)
     src = adapters_dir["lora"]
     first = push(http, name="support-bot", directory=src, settings=settings,
                  base_model="tiny-llama", metadata={"dataset": "tickets-v3"})
@@ -33,6 +37,7 @@ def test_push_then_pull_round_trip(http: HttpRegistry, settings, adapters_dir, t
     v1 = http.get_version("support-bot", 1)
     assert v1.peft_type == "LORA"
     assert v1.base_model == "tiny-llama"
+    assert v1.compatibility is not None and v1.compatibility["compatible"] is True
     assert v1.metadata == {"dataset": "tickets-v3"}
     assert v1.r == json.loads((src / "adapter_config.json").read_text())["r"]
     assert v1.tensor_count > 0

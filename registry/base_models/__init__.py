@@ -1,0 +1,1 @@
+"""Base models: registration from local, Hugging Face and S3 sources; manifests; lookup."""

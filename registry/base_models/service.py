@@ -1,0 +1,246 @@
+"""Base models: register (local upload, hf://, s3://), look up by name and revision, list."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, selectinload
+
+from registry.adapters.refs import validate_name
+from registry.base_models.schemas import BaseFileOut, BaseModelOut, RegisterBaseIn
+from registry.base_models.sources import open_remote
+from registry.blobs.service import BlobFiles, blobs_for
+from registry.compat.manifest import config_summary, shape_fingerprint
+from registry.config import Settings
+from registry.db.models import BaseModel, BaseModelFile
+from registry.errors import (
+    BaseModelConflict,
+    BaseModelNotFound,
+    InvalidInput,
+    TooLarge,
+    UnsafeFormat,
+)
+from registry.formats import PICKLE_SUFFIXES, normalize_path
+from registry.formats.checkpoint import Checkpoint, read_checkpoint
+from registry.storage import BlobStore, parse_digest
+
+LOCAL_PREFIX = "file://"
+
+
+def _local_content_id(files: dict[str, str]) -> str:
+    h = hashlib.sha256()
+    for path in sorted(files):
+        h.update(f"{path}\t{files[path]}\n".encode())
+    return f"sha256:{h.hexdigest()}"
+
+
+def _check_files(files: dict[str, str], settings: Settings) -> None:
+    if not files:
+        raise InvalidInput("a local base model needs its files")
+    if len(files) > settings.max_files_per_version:
+        raise TooLarge(f"{len(files)} files exceed the limit of {settings.max_files_per_version}")
+    for path, digest in files.items():
+        normalize_path(path)
+        parse_digest(digest)
+        if path.endswith(PICKLE_SUFFIXES):
+            raise UnsafeFormat(f"{path} is a pickle file; base weights must be safetensors")
+
+
+def _choose_revision(session: Session, *, name: str, requested: str | None, content_id: str,
+                     pinned: str, kind: str) -> tuple[str, BaseModel | None]:
+    """Apply the naming rules: same weights are idempotent; new weights need a new revision.
+
+    Returns:
+        ``(revision, existing)`` where ``existing`` is the row to return unchanged, if any.
+    """
+    rows = list(session.scalars(select(BaseModel).where(BaseModel.name == name)))
+    same = [r for r in rows if r.content_id == content_id]
+    if requested is None:
+        if same:
+            return same[-1].revision, same[-1]
+        # An hf:// source pins its own revision (the commit); files and S3 objects do not.
+        if rows and kind != "hf":
+            latest = max(rows, key=lambda r: r.created_at)
+            raise BaseModelConflict(
+                f"base model {name!r} is already registered with different weights "
+                f"(revision {latest.revision}); pass --revision to register a new revision"
+            )
+        revision = pinned
+    else:
+        revision = requested
+    for row in rows:
+        if row.revision == revision:
+            if row.content_id == content_id:
+                return revision, row
+            raise BaseModelConflict(
+                f"base model {name}@{revision} is already registered with different weights; "
+                "use another --revision"
+            )
+    return revision, None
+
+
+def register_base(
+    session: Session, store: BlobStore, *, body: RegisterBaseIn, settings: Settings
+) -> tuple[BaseModel, bool]:
+    """Register a base model revision and its header-only manifest.
+
+    Args:
+        session: the unit of work (flushed here).
+        store: blob store holding an uploaded local checkpoint.
+        body: name, source, optional revision, and ``files`` for an uploaded directory.
+        settings: limits and Hugging Face options.
+
+    Returns:
+        ``(base, created)``; ``created`` is False when the same weights were registered before.
+
+    Raises:
+        InvalidName, InvalidInput, InvalidBaseModel, UnsafeFormat, InvalidSafetensors,
+        SourceUnavailable, BlobNotFound, BaseModelConflict.
+    """
+    validate_name(body.name, what="base model name")
+    if body.files is not None:
+        _check_files(body.files, settings)
+        blobs = blobs_for(session, body.files)
+        checkpoint = read_checkpoint(
+            sorted(blobs), BlobFiles(store, blobs),
+            max_header_bytes=settings.max_header_bytes, max_config_bytes=settings.max_config_bytes,
+        )
+        content_id = _local_content_id(body.files)
+        pinned = f"local-{content_id[7:19]}"
+        source = body.source if body.source.startswith(LOCAL_PREFIX) else LOCAL_PREFIX + body.source
+        kind = "file"
+        records = [
+            BaseModelFile(path=p, size=b.size, blob=b) for p, b in sorted(blobs.items())
+        ]
+    else:
+        remote = open_remote(body.source, revision=body.revision, cache_dir=settings.hf_cache_dir,
+                             offline=settings.hf_offline)
+        checkpoint = read_checkpoint(
+            sorted(remote.sizes), remote.access,
+            max_header_bytes=settings.max_header_bytes, max_config_bytes=settings.max_config_bytes,
+        )
+        content_id = remote.content_id
+        pinned = remote.revision
+        source, kind = remote.uri, remote.kind
+        records = [
+            BaseModelFile(path=p, size=s, etag=remote.etags.get(p))
+            for p, s in sorted(remote.sizes.items())
+        ]
+    # An hf:// revision is the commit the source resolved to, whatever --revision named.
+    requested = None if kind == "hf" else body.revision
+    revision, existing = _choose_revision(
+        session, name=body.name, requested=requested, content_id=content_id, pinned=pinned,
+        kind=kind,
+    )
+    if existing is not None:
+        return existing, False
+    base = _new_base(body, checkpoint, revision=revision, source=source, kind=kind,
+                     content_id=content_id)
+    base.files = records
+    session.add(base)
+    session.flush()
+    from registry.compat import service as compat
+
+    compat.refresh_for_base(session, base=base)
+    return base, True
+
+
+def _new_base(body: RegisterBaseIn, checkpoint: Checkpoint, *, revision: str, source: str,
+              kind: str, content_id: str) -> BaseModel:
+    summary = config_summary(checkpoint.config)
+    tensors = checkpoint.tensors
+    return BaseModel(
+        name=body.name,
+        revision=revision,
+        source=source,
+        source_kind=kind,
+        content_id=content_id,
+        architectures=summary["architectures"],
+        model_type=summary["model_type"],
+        hidden_size=summary["hidden_size"],
+        vocab_size=summary["vocab_size"],
+        num_hidden_layers=summary["num_hidden_layers"],
+        tie_word_embeddings=summary["tie_word_embeddings"],
+        config=checkpoint.config,
+        tensor_manifest=checkpoint.manifest_json(),
+        tensor_count=len(tensors),
+        total_size=sum(t.nbytes for t in tensors.values()),
+        fingerprint=shape_fingerprint(tensors),
+        created_by=body.created_by,
+    )
+
+
+def get_base(session: Session, *, name: str, revision: str | None = None) -> BaseModel:
+    """The base model ``name`` at ``revision``, or its latest registered revision.
+
+    Raises:
+        BaseModelNotFound: with the command that registers it.
+    """
+    validate_name(name, what="base model name")
+    stmt = (
+        select(BaseModel)
+        .options(selectinload(BaseModel.files).selectinload(BaseModelFile.blob))
+        .where(BaseModel.name == name, BaseModel.source_kind != "none")
+    )
+    if revision is not None:
+        stmt = stmt.where(BaseModel.revision == revision)
+    found = session.scalars(stmt.order_by(BaseModel.created_at.desc(), BaseModel.id.desc())
+                            .limit(1)).one_or_none()
+    if found is None:
+        which = f"{name}@{revision}" if revision else name
+        raise BaseModelNotFound(
+            f"no base model {which!r}; register it with: adapter-registry base register "
+            f"{name} PATH_OR_SOURCE"
+        )
+    return found
+
+
+def find_base(session: Session, name: str | None) -> BaseModel | None:
+    """The latest registered base called ``name``, or None (no error)."""
+    if not name:
+        return None
+    stmt = (
+        select(BaseModel)
+        .where(BaseModel.name == name, BaseModel.source_kind != "none")
+        .order_by(BaseModel.created_at.desc(), BaseModel.id.desc())
+        .limit(1)
+    )
+    return session.scalars(stmt).one_or_none()
+
+
+def list_bases(session: Session) -> Sequence[BaseModel]:
+    stmt = (
+        select(BaseModel)
+        .options(selectinload(BaseModel.files).selectinload(BaseModelFile.blob))
+        .where(BaseModel.source_kind != "none")
+        .order_by(BaseModel.name, BaseModel.created_at)
+    )
+    return session.scalars(stmt).all()
+
+
+def to_out(b: BaseModel) -> BaseModelOut:
+    return BaseModelOut(
+        name=b.name,
+        revision=b.revision,
+        source=b.source,
+        source_kind=b.source_kind,
+        architectures=list(b.architectures or []),
+        model_type=b.model_type,
+        hidden_size=b.hidden_size,
+        vocab_size=b.vocab_size,
+        num_hidden_layers=b.num_hidden_layers,
+        tie_word_embeddings=b.tie_word_embeddings,
+        fingerprint=b.fingerprint,
+        tensor_count=b.tensor_count,
+        total_size=b.total_size,
+        created_at=b.created_at,
+        created_by=b.created_by,
+        files=[
+            BaseFileOut(path=f.path, size=f.size, digest=f.blob.digest if f.blob else None,
+                        etag=f.etag)
+            for f in b.files
+        ],
+        config=b.config,
+    )
