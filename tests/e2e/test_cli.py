@@ -165,3 +165,57 @@ def test_unreachable_database_is_one_line(tmp_path, monkeypatch):
     monkeypatch.setenv("REGISTRY_DATABASE_URL", "postgresql+psycopg://nobody@127.0.0.1:9/none")
     code, _, err = run("list")
     assert code == 5 and err.startswith("error: database unavailable") and err.count("\n") == 1
+
+
+def test_base_and_compat_commands(home, adapters_dir, base_dirs, tmp_path):
+    code, out, err = run("--json", "base", "register", "tiny-gpt2", str(base_dirs["gpt2"]))
+    assert code == 0, err
+    code, out, _ = run("--json", "base", "register", "tiny-gpt2", str(base_dirs["gpt2"]))
+    assert out["created"] is False and out["uploaded"] == []
+    code, listed, _ = run("--json", "base", "list")
+    assert [b["name"] for b in listed] == ["tiny-gpt2"]
+    code, shown, _ = run("--json", "base", "show", "tiny-gpt2")
+    assert shown["model_type"] == "gpt2" and shown["fingerprint"] == out["fingerprint"]
+
+    assert run("push", "g", str(adapters_dir["gpt2_lora"]), "--base", "tiny-gpt2")[0] == 0
+    code, _, err = run("push", "l", str(adapters_dir["lora"]), "--base", "tiny-gpt2")
+    assert code == 0 and err.startswith("warning: l:1 is not compatible with base tiny-gpt2")
+
+    code, verdict, _ = run("--json", "compat", "g:1", "--base", "tiny-gpt2")
+    assert code == 0 and verdict["compatible"] is True
+    code, verdict, _ = run("--json", "compat", "l:1", "--base", "tiny-gpt2")
+    assert verdict["compatible"] is False and verdict["reasons"]
+    code, text, _ = run("compat", "l:1", "--base", "tiny-gpt2")
+    assert "INCOMPATIBLE" in text and "reason:" in text
+    code, found, _ = run("--json", "compat", "--base", "tiny-gpt2")
+    assert found == [{"name": "g", "version": 1}]
+    code, found, _ = run("--json", "compat", "g")
+    assert [b["name"] for b in found] == ["tiny-gpt2"]
+
+
+@pytest.mark.parametrize(("args", "code", "fragment"), [
+    (["base", "register", "b", "{tmp}/missing"], 1, "not a directory"),
+    (["base", "register", "b", "{empty}"], 1, "no config.json"),
+    (["base", "register", "b", "hf://acme/not-cached"], 1, "not in the local Hugging Face cache"),
+    (["base", "register", "B!", "{empty}"], 1, "invalid base model name"),
+    (["base", "show", "nope"], 3, "base register nope"),
+    (["compat"], 1, "give REF"),
+    (["compat", "x:1", "--base", "nope"], 3, "no adapter"),
+    (["push", "x", "{lora}", "--base", "nope"], 3, "base register nope"),
+])
+def test_base_errors_are_one_line(home, adapters_dir, tmp_path, monkeypatch, args, code,
+                                  fragment):
+    monkeypatch.setenv("REGISTRY_HF_OFFLINE", "true")
+    monkeypatch.setenv("REGISTRY_HF_CACHE_DIR", str(tmp_path / "hf"))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    subs = {"{tmp}": str(tmp_path), "{empty}": str(empty), "{lora}": str(adapters_dir["lora"])}
+    argv = []
+    for a in args:
+        for k, v in subs.items():
+            a = a.replace(k, v)
+        argv.append(a)
+    exit_code, _, err = run(*argv)
+    assert exit_code == code, err
+    assert err.startswith("error: ") and err.count("\n") == 1 and fragment in err, err
+    assert run("--json", "base", "list")[1] == []
