@@ -7,15 +7,18 @@ embedded registry.
 
 from __future__ import annotations
 
+import http.client
+import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol
+from typing import Any, BinaryIO, NoReturn, Protocol
 
 import httpx
 
 from registry import errors
 from registry.adapters.schemas import AdapterOut, CreateVersionIn, VersionOut
 from registry.base_models.schemas import BaseModelOut, RegisterBaseIn
+from registry.exports.schemas import CreateExportIn, ExportOut
 
 Progress = Callable[[int], None] | None
 CHUNK = 1024 * 1024
@@ -40,6 +43,12 @@ class RegistryBackend(Protocol):
     def compatible_versions(self, *, base: str,
                             base_revision: str | None = None) -> list[dict[str, Any]]: ...
     def compatible_bases(self, name: str, version: int | None) -> list[dict[str, Any]]: ...
+    def create_export(self, body: CreateExportIn) -> tuple[ExportOut, bool]: ...
+    def list_exports(self, name: str, version: int, *, base: str | None = None,
+                     base_revision: str | None = None,
+                     dtype: str | None = None) -> list[ExportOut]: ...
+    def local_blob_path(self, digest: str) -> Path | None: ...
+    def read_blob_range(self, digest: str, offset: int, length: int) -> bytes: ...
     def close(self) -> None: ...
 
 
@@ -56,24 +65,27 @@ def _error_classes() -> dict[str, type[errors.RegistryError]]:
 _ERRORS = _error_classes()
 
 
-def _raise_for(response: httpx.Response) -> None:
-    if response.is_success:
-        return
+def _raise_error(status: int, body: bytes) -> NoReturn:
     code, detail = None, None
     try:
-        body = response.json()
-        code, detail = body.get("error"), body.get("detail")
+        parsed = json.loads(body)
+        if isinstance(parsed, dict):
+            code, detail = parsed.get("error"), parsed.get("detail")
     except ValueError:
         pass
-    cls = _ERRORS.get(code or "")
+    cls = _ERRORS.get(str(code or ""))
     if cls is None:
         cls = {404: errors.NotFound, 409: errors.Conflict, 413: errors.TooLarge}.get(
-            response.status_code,
-            errors.InvalidInput if response.status_code < 500 else errors.RegistryUnavailable,
+            status, errors.InvalidInput if status < 500 else errors.RegistryUnavailable
         )
-    err = cls(detail or f"HTTP {response.status_code} from the registry")
-    err.status_code = response.status_code
+    err = cls(str(detail) if detail else f"HTTP {status} from the registry")
+    err.status_code = status
     raise err
+
+
+def _raise_for(response: httpx.Response) -> None:
+    if not response.is_success:
+        _raise_error(response.status_code, response.content)
 
 
 class HttpRegistry:
@@ -90,6 +102,8 @@ class HttpRegistry:
         if token:
             headers["Authorization"] = f"Bearer {token}"
         self.url = url.rstrip("/")
+        self._headers = headers
+        self._timeout = timeout
         self._http = httpx.Client(
             base_url=self.url,
             headers=headers,
@@ -131,19 +145,27 @@ class HttpRegistry:
         )
 
     def download_blob(self, digest: str, out: BinaryIO, *, progress: Progress = None) -> None:
+        # The standard library's readinto streams several times faster than httpx's iterators
+        # (measured in bench/profile_transfer.py), and a blob download is a plain GET.
+        url = httpx.URL(f"{self.url}/api/v1/blobs/{digest}")
+        cls = http.client.HTTPSConnection if url.scheme == "https" else http.client.HTTPConnection
+        conn = cls(url.host, url.port, timeout=self._timeout)
         try:
-            with self._http.stream("GET", f"/api/v1/blobs/{digest}") as response:
-                if not response.is_success:
-                    response.read()
-                    _raise_for(response)
-                for chunk in response.iter_raw(CHUNK):
-                    out.write(chunk)
-                    if progress:
-                        progress(len(chunk))
-        except httpx.TransportError as exc:
+            conn.request("GET", url.raw_path.decode("ascii"), headers=self._headers)
+            response = conn.getresponse()
+            if response.status != 200:
+                _raise_error(response.status, response.read())
+            buffer = memoryview(bytearray(CHUNK))
+            while n := response.readinto(buffer):
+                out.write(buffer[:n])
+                if progress:
+                    progress(n)
+        except (OSError, http.client.HTTPException) as exc:
             raise errors.RegistryUnavailable(
                 f"download of {digest} from {self.url} failed: {exc}"
             ) from None
+        finally:
+            conn.close()
 
     def create_version(self, name: str, body: CreateVersionIn) -> tuple[VersionOut, bool]:
         response = self._request(
@@ -206,6 +228,37 @@ class HttpRegistry:
         response = self._request("GET", f"/api/v1/adapters/{name}/versions/{which}/compat")
         result: list[dict[str, Any]] = response.json()
         return result
+
+    def create_export(self, body: CreateExportIn) -> tuple[ExportOut, bool]:
+        response = self._request("POST", "/api/v1/exports", json=body.model_dump(mode="json"))
+        return ExportOut.model_validate(response.json()), response.status_code == 201
+
+    def list_exports(self, name: str, version: int, *, base: str | None = None,
+                     base_revision: str | None = None,
+                     dtype: str | None = None) -> list[ExportOut]:
+        params = {k: v for k, v in
+                  {"base": base, "base_revision": base_revision, "dtype": dtype}.items() if v}
+        response = self._request("GET", f"/api/v1/adapters/{name}/versions/{version}/exports",
+                                 params=params)
+        return [ExportOut.model_validate(e) for e in response.json()]
+
+    def local_blob_path(self, digest: str) -> Path | None:
+        """Blobs of a remote registry are never local files."""
+        return None
+
+    def read_blob_range(self, digest: str, offset: int, length: int) -> bytes:
+        if length <= 0:
+            return b""
+        try:
+            response = self._request(
+                "GET", f"/api/v1/blobs/{digest}",
+                headers={"Range": f"bytes={offset}-{offset + length - 1}"},
+            )
+        except errors.RegistryError as exc:
+            if exc.status_code == 416:
+                return b""
+            raise
+        return response.content
 
     def close(self) -> None:
         self._http.close()

@@ -9,6 +9,8 @@ from pathlib import Path
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from registry.formats.adapter import Limits
+
 MiB = 1024 * 1024
 GiB = 1024 * MiB
 
@@ -66,6 +68,15 @@ class Settings(BaseSettings):
     @property
     def resolved_blob_url(self) -> str:
         return self.blob_url or (self.home / "blobs").as_uri()
+
+    def adapter_limits(self) -> Limits:
+        """The static-check limits for adapters, as the pure formats layer takes them."""
+        return Limits(
+            max_file_bytes=self.max_file_bytes,
+            max_files=self.max_files_per_version,
+            max_config_bytes=self.max_config_bytes,
+            max_header_bytes=self.max_header_bytes,
+        )
 
     @property
     def should_migrate(self) -> bool:

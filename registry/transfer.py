@@ -12,7 +12,6 @@ from pathlib import Path
 
 from registry.adapters.refs import parse_ref, validate_name
 from registry.adapters.schemas import CreateVersionIn, VersionOut
-from registry.adapters.service import limits_from
 from registry.base_models.schemas import BaseModelOut, RegisterBaseIn
 from registry.base_models.sources import wanted
 from registry.ci_env import detect_provenance
@@ -34,7 +33,7 @@ ProgressFactory = Callable[[str, int], tuple[Callable[[int], None], Callable[[],
 
 
 @contextlib.contextmanager
-def _progress(factory: ProgressFactory | None, desc: str, total: int) -> Iterator[
+def progress_bar(factory: ProgressFactory | None, desc: str, total: int) -> Iterator[
     Callable[[int], None] | None
 ]:
     if factory is None:
@@ -85,10 +84,10 @@ def push(
     if not directory.is_dir():
         raise InvalidInput(f"{directory} is not a directory")
     paths = list_local_files(directory)
-    inspect_adapter(paths, LocalDirAccess(directory), limits=limits_from(settings))
+    inspect_adapter(paths, LocalDirAccess(directory), limits=settings.adapter_limits())
 
     files = {path: sha256_file(directory / path)[0] for path in paths}
-    result_uploaded, result_skipped = _upload_missing(backend, directory, files, progress)
+    result_uploaded, result_skipped = upload_missing(backend, directory, files, progress)
 
     prov = detect_provenance()
     body = CreateVersionIn(
@@ -106,7 +105,7 @@ def push(
     return PushResult(version, created, result_uploaded, result_skipped)
 
 
-def _upload_missing(backend: RegistryBackend, directory: Path, files: dict[str, str],
+def upload_missing(backend: RegistryBackend, directory: Path, files: dict[str, str],
                     progress: ProgressFactory | None) -> tuple[list[str], list[str]]:
     uploaded: list[str] = []
     skipped: list[str] = []
@@ -117,7 +116,7 @@ def _upload_missing(backend: RegistryBackend, directory: Path, files: dict[str, 
             skipped.append(path)
             continue
         local = directory / path
-        with _progress(progress, f"upload {path}", local.stat().st_size) as update:
+        with progress_bar(progress, f"upload {path}", local.stat().st_size) as update:
             backend.upload_blob(digest, local, progress=update)
         done.add(digest)
         uploaded.append(path)
@@ -151,7 +150,7 @@ def register_base_dir(
     read_checkpoint(paths, LocalDirAccess(directory), max_header_bytes=settings.max_header_bytes,
                     max_config_bytes=settings.max_config_bytes)
     files = {path: sha256_file(directory / path)[0] for path in paths}
-    uploaded, _ = _upload_missing(backend, directory, files, progress)
+    uploaded, _ = upload_missing(backend, directory, files, progress)
     prov = detect_provenance()
     base, created = backend.register_base(RegisterBaseIn(
         name=name, source=directory.resolve().as_uri(), revision=revision, files=files,
@@ -204,7 +203,7 @@ def pull(
                                         dir=target.parent)
         tmp = Path(tmp_name)
         try:
-            with os.fdopen(fd, "wb") as out, _progress(progress, f"pull {path}", f.size) as upd:
+            with os.fdopen(fd, "wb") as out, progress_bar(progress, f"pull {path}", f.size) as upd:
                 hasher = _HashingWriter(out)
                 backend.download_blob(f.digest, hasher, progress=upd)  # type: ignore[arg-type]
                 out.flush()

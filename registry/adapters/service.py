@@ -26,6 +26,7 @@ from registry.db.models import (
     Adapter,
     AdapterVersion,
     BaseModel,
+    Export,
     VersionFile,
     VersionStatus,
 )
@@ -37,7 +38,7 @@ from registry.errors import (
     TooLarge,
     VersionNotFound,
 )
-from registry.formats import Limits, inspect_adapter, normalize_path
+from registry.formats import inspect_adapter, normalize_path
 from registry.storage import BlobStore, parse_digest
 
 _META_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -52,15 +53,6 @@ def content_digest(files: dict[str, str]) -> str:
     for path in sorted(files):
         h.update(f"{path}\t{files[path]}\n".encode())
     return f"sha256:{h.hexdigest()}"
-
-
-def limits_from(settings: Settings) -> Limits:
-    return Limits(
-        max_file_bytes=settings.max_file_bytes,
-        max_files=settings.max_files_per_version,
-        max_config_bytes=settings.max_config_bytes,
-        max_header_bytes=settings.max_header_bytes,
-    )
 
 
 def _check_request(body: CreateVersionIn, settings: Settings) -> None:
@@ -149,7 +141,7 @@ def create_version(
 
     files = blobs_for(session, body.files)
     inspection = inspect_adapter(
-        sorted(files), BlobFiles(store, files), limits=limits_from(settings)
+        sorted(files), BlobFiles(store, files), limits=settings.adapter_limits()
     )
     summary = inspection.summary()
     parent = _resolve_parent(session, body.parent)
@@ -228,6 +220,7 @@ def _version_query():  # type: ignore[no-untyped-def]
         selectinload(AdapterVersion.base_model),
         selectinload(AdapterVersion.parent).selectinload(AdapterVersion.adapter),
         selectinload(AdapterVersion.verdicts),
+        selectinload(AdapterVersion.exports).selectinload(Export.base_model),
     )
 
 
@@ -346,6 +339,11 @@ def to_out(v: AdapterVersion) -> VersionOut:
         files=[FileOut(path=f.path, digest=f.blob.digest, size=f.blob.size) for f in v.files],
         adapter_config=v.adapter_config,
         compatibility=_linked_verdict(v),
+        exports=[
+            {"base": e.base_model.name, "base_revision": e.base_model.revision,
+             "dtype": e.dtype, "total_size": e.total_size}
+            for e in sorted(v.exports, key=lambda e: e.id)
+        ],
     )
 
 

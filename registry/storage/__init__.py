@@ -7,9 +7,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-import boto3
-from botocore.config import Config
-
 from registry.errors import InvalidInput
 from registry.storage.base import (
     DEFAULT_CHUNK,
@@ -22,7 +19,19 @@ from registry.storage.base import (
     sha256_file,
 )
 from registry.storage.local import LocalBlobStore, LocalBlobWriter
-from registry.storage.s3 import DEFAULT_PART_BYTES, S3BlobStore, S3BlobWriter
+
+# boto3 takes a quarter of a second to import: the S3 parts load on first use, so commands that
+# never touch S3 (most CLI calls) start faster.
+DEFAULT_PART_BYTES = 8 * MiB
+_LAZY = {"S3BlobStore", "S3BlobWriter"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        from registry.storage import s3
+
+        return getattr(s3, name)
+    raise AttributeError(name)
 
 __all__ = [
     "DEFAULT_CHUNK",
@@ -63,6 +72,9 @@ def make_s3_client(endpoint_url: str | None = None) -> Any:
         or os.environ.get("AWS_ENDPOINT_URL")
         or None
     )
+    import boto3
+    from botocore.config import Config
+
     config = Config(
         retries={"max_attempts": 5, "mode": "standard"},
         connect_timeout=10,
@@ -105,6 +117,8 @@ def open_blob_store(url: str, *, part_bytes: int = DEFAULT_PART_BYTES) -> BlobSt
             raise InvalidInput(f"blob store URL {url!r}: expected s3://bucket[/prefix]")
         if parts.query or parts.fragment:
             raise InvalidInput(f"blob store URL {url!r}: query strings are not supported")
+        from registry.storage.s3 import S3BlobStore
+
         return S3BlobStore(
             make_s3_client(),
             bucket=parts.netloc,
