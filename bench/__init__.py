@@ -1,0 +1,1 @@
+"""Benchmarks for the adapter registry: big-file transfer (local store, S3) and registration."""

@@ -1,0 +1,33 @@
+"""Run every benchmark: ``python -m bench.run_all [--size-mib 1024] [--count 1000]``.
+
+Results go to bench/results/transfer_<size>mib.json and bench/results/register.json. Exit status
+1 if a transfer target failed (the register benchmark only reports numbers).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from bench import bench_register, bench_transfer
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--size-mib", type=int, default=1024, help="transfer adapter size")
+    p.add_argument("--stores", default="local,s3")
+    p.add_argument("--repeats", type=int, default=2, help="transfer rounds per store")
+    p.add_argument("--count", type=int, default=1000, help="versions to register")
+    p.add_argument("--push-count", type=int, default=100)
+    p.add_argument("--backends", default="sqlite,postgres")
+    args = p.parse_args(argv)
+
+    transfer = bench_transfer.run(args.size_mib, args.stores.split(","), repeats=args.repeats)
+    bench_register.run(args.count, args.push_count, args.backends.split(","))
+    for name, ok in transfer["targets"].items():
+        print(f"{'PASS' if ok else 'FAIL'}  {name}")
+    return 0 if transfer["pass"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
