@@ -1,0 +1,51 @@
+"""Merged export: fold a PEFT adapter into its base model's weights, streaming shard by shard."""
+
+from registry.merge.deltas import (
+    MergePlan,
+    TensorEdit,
+    check_mergeable,
+    dora_embedding_merge,
+    dora_merge,
+    ia3_merge,
+    ia3_merge_bias,
+    loha_delta,
+    lokr_delta,
+    lora_delta,
+    lora_embedding_delta,
+    lora_scale,
+    plan_merge,
+)
+from registry.merge.errors import IncompatibleBase, OutputExists, QuantizedBase
+from registry.merge.stream import (
+    BaseFiles,
+    ExportedFile,
+    LocalDirFiles,
+    MergeResult,
+    RangeReadable,
+    merge_to_dir,
+)
+
+__all__ = [
+    "BaseFiles",
+    "ExportedFile",
+    "IncompatibleBase",
+    "LocalDirFiles",
+    "MergePlan",
+    "MergeResult",
+    "OutputExists",
+    "QuantizedBase",
+    "RangeReadable",
+    "TensorEdit",
+    "check_mergeable",
+    "dora_embedding_merge",
+    "dora_merge",
+    "ia3_merge",
+    "ia3_merge_bias",
+    "loha_delta",
+    "lokr_delta",
+    "lora_delta",
+    "lora_embedding_delta",
+    "lora_scale",
+    "merge_to_dir",
+    "plan_merge",
+]
