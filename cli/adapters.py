@@ -67,10 +67,19 @@ def push(state: CliState, name: str, directory: Path, base_model: str | None,
 @click.command()
 @click.argument("ref")
 @click.argument("directory", type=click.Path(path_type=Path, file_okay=False))
+@click.option("--export-base", default=None,
+              help="Pull the recorded merged export for this base model instead.")
+@click.option("--export-dtype", default=None, type=click.Choice(["float32", "float16", "bfloat16"]),
+              help="With --export-base: which export (default: the only or first one).")
 @pass_state
-def pull(state: CliState, ref: str, directory: Path) -> None:
+def pull(state: CliState, ref: str, directory: Path, export_base: str | None,
+         export_dtype: str | None) -> None:
     """Write the files of REF (NAME or NAME:VERSION) into DIRECTORY, verified."""
     from registry.transfer import pull as do_pull
+
+    if export_base is not None:
+        _pull_export(state, ref, directory, export_base, export_dtype)
+        return
 
     version, written = do_pull(state.backend(), ref=ref, directory=directory,
                                progress=state.progress)
@@ -78,6 +87,29 @@ def pull(state: CliState, ref: str, directory: Path) -> None:
         {"name": version.name, "version": version.version, "files": written,
          "directory": str(directory)},
         lambda: click.echo(f"pulled {version.ref} into {directory} ({len(written)} file(s))"),
+    )
+
+
+def _pull_export(state: CliState, ref: str, directory: Path, base: str,
+                 dtype: str | None) -> None:
+    from registry.errors import NotFound
+    from registry.exports.run import pull_export
+    from registry.transfer import resolve
+
+    backend = state.backend()
+    version = resolve(backend, ref)
+    found = backend.list_exports(version.name, version.version, base=base, dtype=dtype)
+    if not found:
+        raise NotFound(f"no recorded export of {version.ref} for base {base!r}"
+                       f"{' in ' + dtype if dtype else ''}; create one with: adapter-registry "
+                       f"export {version.ref} --base {base} --out DIR --upload")
+    files = pull_export(backend, found[0], directory, force=False, progress=state.progress)
+    state.emit(
+        {"name": version.name, "version": version.version, "files": [f["path"] for f in files],
+         "directory": str(directory), "export": {"base": found[0].base,
+                                                 "dtype": found[0].dtype}},
+        lambda: click.echo(f"pulled the {found[0].dtype} export of {version.ref} on {base} "
+                           f"into {directory} ({len(files)} file(s))"),
     )
 
 

@@ -2,7 +2,7 @@
 
 Starts the embedded registry server, builds a tiny Llama-style base model and real LoRA adapters
 with peft (no hub), registers the base, pushes, lists, checks compatibility, pulls an adapter
-back and loads it with peft.
+back and loads it with peft, and exports a merged checkpoint that transformers loads.
 """
 
 from __future__ import annotations
@@ -134,7 +134,12 @@ def main() -> None:
         pulled = ROOT / "pulled"
         cli("--url", url, "pull", "support-bot:1", str(pulled), env=env)
 
-        say("8. A bad push is refused with one line, and nothing is stored")
+        say("8. Export a merged checkpoint (streamed shard by shard) and record it")
+        merged = ROOT / "merged"
+        cli("--url", url, "export", "support-bot:1", "--base", "tiny-llama", "--out",
+            str(merged), "--upload", "--max-shard-size", "200KB", env=env)
+
+        say("9. A bad push is refused with one line, and nothing is stored")
         bad = ROOT / "bad-adapter"
         shutil.copytree(v1_dir, bad)
         (bad / "adapter_model.safetensors").rename(bad / "adapter_model.bin")
@@ -146,10 +151,10 @@ def main() -> None:
         server.terminate()
         server.wait(timeout=30)
 
-    say("9. The same registry without a server (embedded mode: no --url)")
+    say("10. The same registry without a server (embedded mode: no --url)")
     cli("list", "support-bot", env=env)
 
-    say("10. Load the pulled adapter with peft and compare with the original")
+    say("11. Load the pulled adapter with peft, and the merged export with transformers")
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
@@ -161,11 +166,16 @@ def main() -> None:
         loaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir),
                                            str(pulled))
         plain = AutoModelForCausalLM.from_pretrained(base_dir)
-        a, b, c = (m(inputs).logits for m in (original, loaded, plain))
+        folded = AutoModelForCausalLM.from_pretrained(merged)
+        a, b, c, d = (m(inputs).logits for m in (original, loaded, plain, folded))
     print(f"pulled adapter logits == original adapter logits: {torch.equal(a, b)}")
     print(f"adapter changes the base model's logits by up to {float((a - c).abs().max()):.4f}")
+    print(f"merged export vs base + adapter: max abs logit difference "
+          f"{float((a - d).abs().max()):.2e}")
     if not torch.equal(a, b):
         raise SystemExit("pulled adapter differs from the original")
+    if not torch.allclose(a, d, atol=1e-4):
+        raise SystemExit("the merged export differs from base + adapter")
     print(f"\ndemo finished; registry state is in {home}")
 
 

@@ -9,7 +9,7 @@ import click
 from pydantic import ValidationError
 from sqlalchemy.exc import OperationalError
 
-from cli import adapters, base, compat, db, gc, server
+from cli import adapters, base, compat, db, export, gc, server
 from cli.output import CliState, exit_code_for, fail
 from registry import __version__, errors
 
@@ -58,6 +58,7 @@ cli.add_command(adapters.show)
 cli.add_command(gc.gc)
 cli.add_command(base.base)
 cli.add_command(compat.compat)
+cli.add_command(export.export)
 
 
 def main() -> None:

@@ -16,6 +16,8 @@ from registry.config import Settings
 from registry.context import RegistryContext
 from registry.db.engine import session_scope
 from registry.errors import BlobNotFound, TooLarge
+from registry.exports import service as exports
+from registry.exports.schemas import CreateExportIn, ExportOut
 
 
 class LocalRegistry:
@@ -105,6 +107,31 @@ class LocalRegistry:
     def compatible_bases(self, name: str, version: int | None) -> list[dict[str, Any]]:
         with session_scope(self.ctx.sessions) as session:
             return compat.compatible_bases(session, name=name, version=version)
+
+    def create_export(self, body: CreateExportIn) -> tuple[ExportOut, bool]:
+        with session_scope(self.ctx.sessions) as session:
+            export, created = exports.create_export(session, body=body)
+            return exports.to_out(export), created
+
+    def list_exports(self, name: str, version: int, *, base: str | None = None,
+                     base_revision: str | None = None,
+                     dtype: str | None = None) -> list[ExportOut]:
+        with session_scope(self.ctx.sessions) as session:
+            found = exports.list_exports(session, name=name, version=version, base=base,
+                                         base_revision=base_revision, dtype=dtype)
+            return [exports.to_out(e) for e in found]
+
+    def local_blob_path(self, digest: str) -> Path | None:
+        """The blob's own file when the store is a local directory (no copy needed)."""
+        from registry.storage.local import LocalBlobStore
+
+        store = self.ctx.store
+        if isinstance(store, LocalBlobStore) and store.exists(digest):
+            return store.path_for(digest)
+        return None
+
+    def read_blob_range(self, digest: str, offset: int, length: int) -> bytes:
+        return self.ctx.store.read_range(digest, offset, length)
 
     def close(self) -> None:
         self.ctx.close()

@@ -49,6 +49,9 @@ class VersionOut(BaseModel):
     compatibility: dict[str, Any] | None = Field(
         default=None, description="static verdict against the linked base model"
     )
+    exports: list[dict[str, Any]] = Field(
+        default_factory=list, description="merged checkpoints recorded for this version"
+    )
 
 
 class AdapterOut(BaseModel):

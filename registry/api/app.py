@@ -30,6 +30,7 @@ from registry.compat.router import router as compat_router
 from registry.config import Settings
 from registry.context import RegistryContext
 from registry.errors import RegistryError
+from registry.exports.router import router as exports_router
 
 health = APIRouter(tags=["health"])
 MAX_JSON_BODY = 8 * 1024 * 1024
@@ -113,6 +114,7 @@ def create_app(
     app.include_router(health)
     app.include_router(blobs_router)
     app.include_router(compat_router)
+    app.include_router(exports_router)
     app.include_router(adapters_router)
     app.include_router(base_models_router)
     app.include_router(admin_router)

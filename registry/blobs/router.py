@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, Response
-from fastapi.responses import StreamingResponse
+import re
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Request, Response
+from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from registry.api.deps import ContextDep, Digest, SessionDep, StoreDep
@@ -30,11 +33,35 @@ def head_blob(digest: Digest, session: SessionDep) -> Response:
     return Response(status_code=200, headers=_headers(digest, blob.size))
 
 
-@router.get("/{digest}", response_class=StreamingResponse)
-def get_blob(digest: Digest, session: SessionDep, store: StoreDep) -> StreamingResponse:
+_RANGE = re.compile(r"^bytes=(\d+)-(\d+)$")
+MAX_RANGE = 128 * 1024 * 1024
+
+
+@router.get("/{digest}", response_class=StreamingResponse,
+            responses={206: {"description": "the requested byte range"}})
+def get_blob(digest: Digest, session: SessionDep, store: StoreDep,
+             range_header: Annotated[str | None, Header(alias="range")] = None) -> Response:
+    """Stream a blob; ``Range: bytes=a-b`` (one closed range) returns those bytes (206)."""
     blob = service.get_blob(session, digest=digest)
     if blob is None:
         raise BlobNotFound(f"blob {digest} is not stored")
+    if range_header is not None:
+        match = _RANGE.match(range_header)
+        if not match:
+            raise InvalidInput("unsupported Range: use a single 'bytes=START-END'")
+        start, end = int(match.group(1)), int(match.group(2))
+        if start > end or start >= blob.size:
+            return JSONResponse(
+                {"error": "range_not_satisfiable", "detail": f"blob has {blob.size} bytes"},
+                status_code=416, headers={"Content-Range": f"bytes */{blob.size}"},
+            )
+        end = min(end, blob.size - 1)
+        if end - start + 1 > MAX_RANGE:
+            raise TooLarge(f"ranges are limited to {MAX_RANGE} bytes")
+        data = store.read_range(digest, start, end - start + 1)
+        return Response(data, status_code=206, media_type="application/octet-stream",
+                        headers={"Content-Range": f"bytes {start}-{end}/{blob.size}",
+                                 "Docker-Content-Digest": digest})
     return StreamingResponse(
         store.iter_chunks(digest),
         media_type="application/octet-stream",

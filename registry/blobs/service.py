@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from registry.db.base import utcnow
 from registry.db.dialect import insert_ignore
 from registry.db.engine import session_scope
-from registry.db.models import BaseModelFile, Blob, VersionFile
+from registry.db.models import BaseModelFile, Blob, ExportFile, VersionFile
 from registry.errors import BlobNotFound
 from registry.storage import BlobStore, parse_digest
 
@@ -91,10 +91,10 @@ def collect_garbage(
     """Remove blobs that no version references once they are older than the grace period.
 
     The rows are deleted first (in one transaction, skipping rows another transaction holds),
-    then the objects; a blob referenced by any version or base model is never a candidate, and
-    the foreign keys from their file tables make deleting one impossible. Objects in the store
-    without a row (an upload whose server died before recording it) are removed after the same
-    grace period.
+    then the objects. A blob referenced by any version, base model or export is never a
+    candidate, and the foreign keys from their file tables make deleting one impossible.
+    Objects in the store without a row (an upload whose server died before recording it) are
+    removed after the same grace period.
 
     Args:
         factory: session factory; gc commits its own transaction.
@@ -114,6 +114,7 @@ def collect_garbage(
             .where(Blob.created_at < cutoff)
             .where(~exists().where(VersionFile.blob_id == Blob.id))
             .where(~exists().where(BaseModelFile.blob_id == Blob.id))
+            .where(~exists().where(ExportFile.blob_id == Blob.id))
             .order_by(Blob.id)
         )
         if session.get_bind().dialect.name == "postgresql":

@@ -1,4 +1,4 @@
-"""ORM models: blobs, base models, adapters, versions, their files, compatibility verdicts."""
+"""ORM models: blobs, base models, adapters, versions, files, compatibility verdicts, exports."""
 
 from __future__ import annotations
 
@@ -168,6 +168,7 @@ class AdapterVersion(Base):
         back_populates="version", order_by="VersionFile.path", cascade="all, delete-orphan"
     )
     verdicts: Mapped[list[Compatibility]] = relationship(viewonly=True)
+    exports: Mapped[list[Export]] = relationship(viewonly=True)
 
 
 class VersionFile(Base):
@@ -207,3 +208,41 @@ class Compatibility(Base):
     warnings: Mapped[Any] = mapped_column(JSON)
     serving: Mapped[dict[str, Any]] = mapped_column(JSON)
     checked_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Export(Base):
+    """A merged checkpoint made from (adapter version, base model, dtype), stored as blobs."""
+
+    __tablename__ = "exports"
+    __table_args__ = (UniqueConstraint("adapter_version_id", "base_model_id", "dtype"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    adapter_version_id: Mapped[int] = mapped_column(
+        ForeignKey("adapter_versions.id", ondelete="CASCADE")
+    )
+    base_model_id: Mapped[int] = mapped_column(
+        ForeignKey("base_models.id", ondelete="RESTRICT"), index=True
+    )
+    dtype: Mapped[str] = mapped_column(String(16))
+    total_size: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_by: Mapped[str | None] = mapped_column(String(200))
+
+    version: Mapped[AdapterVersion] = relationship()
+    base_model: Mapped[BaseModel] = relationship()
+    files: Mapped[list[ExportFile]] = relationship(
+        back_populates="export", order_by="ExportFile.path", cascade="all, delete-orphan"
+    )
+
+
+class ExportFile(Base):
+    __tablename__ = "export_files"
+    __table_args__ = (UniqueConstraint("export_id", "path"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    export_id: Mapped[int] = mapped_column(ForeignKey("exports.id", ondelete="CASCADE"))
+    path: Mapped[str] = mapped_column(String(1024))
+    blob_id: Mapped[int] = mapped_column(ForeignKey("blobs.id", ondelete="RESTRICT"), index=True)
+
+    export: Mapped[Export] = relationship(back_populates="files")
+    blob: Mapped[Blob] = relationship()

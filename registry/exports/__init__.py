@@ -1,0 +1,1 @@
+"""Merged-model exports: records of merged checkpoints, and running an export."""

@@ -1,0 +1,34 @@
+"""Export routes: record a merged checkpoint, list a version's exports."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Response
+
+from registry.api.deps import AdapterName, SessionDep, VersionNumber
+from registry.exports import service
+from registry.exports.schemas import CreateExportIn, ExportOut
+
+router = APIRouter(prefix="/api/v1", tags=["exports"])
+
+
+@router.post("/exports", response_model=ExportOut, status_code=201,
+             responses={200: {"description": "the same export was already recorded"}})
+def create_export(body: CreateExportIn, session: SessionDep, response: Response) -> ExportOut:
+    export, created = service.create_export(session, body=body)
+    if not created:
+        response.status_code = 200
+    return service.to_out(export)
+
+
+@router.get("/adapters/{name:path}/versions/{version}/exports", response_model=list[ExportOut])
+def list_exports(
+    name: AdapterName, version: VersionNumber, session: SessionDep,
+    base: Annotated[str | None, Query(max_length=200)] = None,
+    base_revision: Annotated[str | None, Query(max_length=200)] = None,
+    dtype: Annotated[str | None, Query(pattern=r"^(float32|float16|bfloat16|mixed)$")] = None,
+) -> list[ExportOut]:
+    exports = service.list_exports(session, name=name, version=version, base=base,
+                                   base_revision=base_revision, dtype=dtype)
+    return [service.to_out(e) for e in exports]
