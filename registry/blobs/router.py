@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from typing import Annotated
 
@@ -18,7 +19,7 @@ from registry.storage import parse_digest
 router = APIRouter(prefix="/api/v1/blobs", tags=["blobs"])
 
 # Chunks from the socket are small; writing in ~1 MiB batches keeps thread hops cheap.
-_WRITE_BATCH = 1024 * 1024
+_WRITE_BATCH = 4 * 1024 * 1024
 
 
 def _headers(digest: str, size: int) -> dict[str, str]:
@@ -81,17 +82,27 @@ async def put_blob(digest: Digest, request: Request, ctx: ContextDep) -> Respons
         if int(declared) > limit:
             raise TooLarge(f"blob of {declared} bytes exceeds the limit of {limit} bytes")
     writer = await run_in_threadpool(ctx.store.writer, digest, max_size=limit)
+    # Double buffering: the event loop keeps receiving the next batch while a worker thread
+    # hashes and writes the previous one; at most two batches are held at a time.
+    inflight: asyncio.Future[None] | None = None
     try:
         pending = bytearray()
         async for chunk in request.stream():
             pending += chunk
             if len(pending) >= _WRITE_BATCH:
-                await run_in_threadpool(writer.write, bytes(pending))
+                if inflight is not None:
+                    await inflight
+                inflight = asyncio.ensure_future(run_in_threadpool(writer.write, bytes(pending)))
                 pending.clear()
+        if inflight is not None:
+            await inflight
+            inflight = None
         if pending:
             await run_in_threadpool(writer.write, bytes(pending))
         size = await run_in_threadpool(writer.commit)
     except BaseException:
+        if inflight is not None:
+            await asyncio.gather(inflight, return_exceptions=True)
         await run_in_threadpool(writer.abort)
         raise
 

@@ -202,3 +202,20 @@ def test_raw_push_of_valid_files_works(live_server, adapters_dir):
     r = push_raw(live_server.url, "raw", read_dir(adapters_dir["lora"]))
     assert r.status_code == 201, r.text
     assert r.json()["version"] == 1
+
+
+def test_limit_enforced_across_streamed_batches(live_server, settings):
+    import os
+
+    settings.max_file_bytes = 6 * 1024 * 1024
+    data = os.urandom(13 * 1024 * 1024)
+
+    def chunks():  # several write batches, no Content-Length
+        for i in range(0, len(data), 256 * 1024):
+            yield data[i : i + 256 * 1024]
+
+    r = httpx.put(f"{live_server.url}/api/v1/blobs/{digest_of(data)}", content=chunks(),
+                  timeout=60)
+    assert r.status_code == 413 and r.json()["error"] == "too_large"
+    assert httpx.head(f"{live_server.url}/api/v1/blobs/{digest_of(data)}").status_code == 404
+    assert list(live_server.context.store.iter_blobs()) == []
