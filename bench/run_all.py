@@ -1,7 +1,7 @@
-"""Run every benchmark: ``python -m bench.run_all [--size-mib 1024] [--count 1000]``.
+"""Run every benchmark: ``python -m bench.run_all [--size-mib 1024] [--count 1000] [--quick]``.
 
-Results go to bench/results/transfer_<size>mib.json and bench/results/register.json. Exit status
-1 if a transfer target failed (the register benchmark only reports numbers).
+Results go to bench/results/: transfer_<size>mib.json, register.json, compat.json, export.json.
+Exit status 1 if a target failed (the register benchmark only reports numbers).
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from bench import bench_register, bench_transfer
+from bench import bench_compat, bench_export, bench_register, bench_transfer
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -20,13 +20,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--count", type=int, default=1000, help="versions to register")
     p.add_argument("--push-count", type=int, default=100)
     p.add_argument("--backends", default="sqlite,postgres")
+    p.add_argument("--quick", action="store_true",
+                   help="smoke sizes: 64 MiB transfer, 1,000 compat versions, tiny export")
     args = p.parse_args(argv)
+    size = 64 if args.quick else args.size_mib
 
-    transfer = bench_transfer.run(args.size_mib, args.stores.split(","), repeats=args.repeats)
+    transfer = bench_transfer.run(size, args.stores.split(","), repeats=args.repeats)
     bench_register.run(args.count, args.push_count, args.backends.split(","))
+    bench_compat.main(["--versions", "1000" if args.quick else "10000"])
+    export_ok = bench_export.main(["--small"] if args.quick else ["--repeats", "2"]) == 0
     for name, ok in transfer["targets"].items():
         print(f"{'PASS' if ok else 'FAIL'}  {name}")
-    return 0 if transfer["pass"] else 1
+    return 0 if transfer["pass"] and export_ok else 1
 
 
 if __name__ == "__main__":
