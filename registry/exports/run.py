@@ -156,10 +156,9 @@ def base_files(backend: RegistryBackend, base: BaseModelOut, settings: Settings,
 
 
 def _check_out(out: Path, *, force: bool) -> None:
-    from registry.merge.errors import OutputExists
+    from registry.merge.stream import check_out_dir
 
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
-        raise OutputExists(f"{out} exists and is not empty; pass --force to replace it")
+    check_out_dir(out, force=force, hint="--force")
 
 
 def pull_export(backend: RegistryBackend, export: ExportOut, out: Path, *, force: bool,

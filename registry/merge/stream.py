@@ -695,11 +695,12 @@ def _compute_threads(dev: torch.device) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def _check_out_dir(out_dir: Path, force: bool) -> None:
+def check_out_dir(out_dir: Path, *, force: bool, hint: str = "force=True") -> None:
+    """Refuse an output path that is not a directory, or a non-empty one unless ``force``."""
     if out_dir.is_symlink() or (out_dir.exists() and not out_dir.is_dir()):
         raise OutputExists(f"{out_dir} exists and is not a directory")
     if out_dir.is_dir() and any(out_dir.iterdir()) and not force:
-        raise OutputExists(f"{out_dir} exists and is not empty; pass force=True to replace it")
+        raise OutputExists(f"{out_dir} exists and is not empty; pass {hint} to replace it")
 
 
 def merge_to_dir(
@@ -748,7 +749,7 @@ def merge_to_dir(
     """
     dev = _check_args(dtype, device, max_shard_bytes)
     out_dir = Path(out_dir)
-    _check_out_dir(out_dir, force)
+    check_out_dir(out_dir, force=force)
     check_mergeable(adapter_config)
 
     files = base.list_files()

@@ -24,6 +24,21 @@ def home(tmp_path, monkeypatch) -> Path:
     return home
 
 
+def substitute(args: list[str], subs: dict[str, str]) -> list[str]:
+    out = []
+    for a in args:
+        for k, v in subs.items():
+            a = a.replace(k, v)
+        out.append(a)
+    return out
+
+
+def assert_one_line_error(exit_code: int, err: str, *, code: int, fragment: str) -> None:
+    assert exit_code == code, err
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    assert fragment in err and "Traceback" not in err, err
+
+
 def run(*args: str) -> tuple[int, object, str]:
     result = CliRunner().invoke(cli, list(args), catch_exceptions=False)
     out = result.stdout
@@ -125,18 +140,11 @@ def _pickle_dir(tmp_path: Path, adapters_dir) -> Path:
 def test_cli_errors_are_one_line(home, adapters_dir, tmp_path, args, code, fragment):
     empty = tmp_path / "empty"
     empty.mkdir()
-    subs = {"{tmp}": str(tmp_path), "{lora}": str(adapters_dir["lora"]),
-            "{pickle}": str(_pickle_dir(tmp_path, adapters_dir)), "{empty}": str(empty)}
-    argv = []
-    for a in args:
-        for k, v in subs.items():
-            a = a.replace(k, v)
-        argv.append(a)
+    argv = substitute(args, {"{tmp}": str(tmp_path), "{lora}": str(adapters_dir["lora"]),
+                             "{pickle}": str(_pickle_dir(tmp_path, adapters_dir)),
+                             "{empty}": str(empty)})
     exit_code, _, err = run(*argv)
-    assert exit_code == code, err
-    assert err.startswith("error: ") and err.count("\n") == 1, err
-    assert fragment in err
-    assert "Traceback" not in err
+    assert_one_line_error(exit_code, err, code=code, fragment=fragment)
     if argv[0] == "push":
         assert run("--json", "list")[1] == []
 
@@ -209,13 +217,8 @@ def test_base_errors_are_one_line(home, adapters_dir, tmp_path, monkeypatch, arg
     monkeypatch.setenv("REGISTRY_HF_CACHE_DIR", str(tmp_path / "hf"))
     empty = tmp_path / "empty"
     empty.mkdir()
-    subs = {"{tmp}": str(tmp_path), "{empty}": str(empty), "{lora}": str(adapters_dir["lora"])}
-    argv = []
-    for a in args:
-        for k, v in subs.items():
-            a = a.replace(k, v)
-        argv.append(a)
+    argv = substitute(args, {"{tmp}": str(tmp_path), "{empty}": str(empty),
+                             "{lora}": str(adapters_dir["lora"])})
     exit_code, _, err = run(*argv)
-    assert exit_code == code, err
-    assert err.startswith("error: ") and err.count("\n") == 1 and fragment in err, err
+    assert_one_line_error(exit_code, err, code=code, fragment=fragment)
     assert run("--json", "base", "list")[1] == []

@@ -55,6 +55,7 @@ from registry.formats import (
     parse_header,
 )
 from tests.peft_factory import (
+    ADAPTER_KINDS,
     HIDDEN,
     VOCAB,
     make_adapter,
@@ -141,20 +142,7 @@ BASES: dict[str, Callable[[], PreTrainedModel]] = {
 
 ADAPTERS: dict[str, Callable[[Path], Path]] = {
     **{
-        kind: (lambda k: lambda p: make_adapter(p, k))(kind)
-        for kind in (
-            "lora",
-            "dora",
-            "ia3",
-            "loha",
-            "lokr",
-            "modules_to_save",
-            "embedding",
-            "prompt_tuning",
-            "gpt2_lora",
-            "bert_lora",
-            "lora_rank_pattern",
-        )
+        kind: (lambda k: lambda p: make_adapter(p, k))(kind) for kind in ADAPTER_KINDS
     },
     "lora_rank_pattern_dropped": _drop_rank_pattern,
     "lora_gate_proj": lambda p: _save_adapter(
