@@ -14,6 +14,7 @@ from registry.base_models.sources import open_remote
 from registry.blobs.service import BlobFiles, blobs_for
 from registry.compat.manifest import config_summary, shape_fingerprint
 from registry.config import Settings
+from registry.db.dialect import add_unless_exists
 from registry.db.models import BaseModel, BaseModelFile
 from registry.errors import (
     BaseModelConflict,
@@ -139,8 +140,17 @@ def register_base(
     base = _new_base(body, checkpoint, revision=revision, source=source, kind=kind,
                      content_id=content_id)
     base.files = records
-    session.add(base)
-    session.flush()
+    if not add_unless_exists(session, base):
+        # A concurrent registration of the same name and revision committed first: apply the
+        # rules again against it (same weights: return it; other weights: conflict).
+        _, existing = _choose_revision(
+            session, name=body.name, requested=revision, content_id=content_id, pinned=pinned,
+            kind=kind,
+        )
+        if existing is None:  # pragma: no cover - the unique row must be visible now
+            raise BaseModelConflict(f"base model {body.name}@{revision} was registered "
+                                    "concurrently; retry")
+        return existing, False
     from registry.compat import service as compat
 
     compat.refresh_for_base(session, base=base)

@@ -6,7 +6,7 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import or_, select
+from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
 from registry.adapters import service as adapters
@@ -14,6 +14,7 @@ from registry.base_models import service as bases
 from registry.compat.manifest import BaseManifest, base_manifest
 from registry.compat.rules import Verdict, check_compatibility
 from registry.db.base import utcnow
+from registry.db.dialect import insert_ignore
 from registry.db.models import Adapter, AdapterVersion, BaseModel, Compatibility
 from registry.formats import TensorInfo, parse_adapter_config
 
@@ -45,22 +46,25 @@ def evaluate(session: Session, *, version: AdapterVersion, base: BaseModel,
 def _store(session: Session, *, version: AdapterVersion, base: BaseModel,
            verdict: Verdict) -> Compatibility:
     data = verdict.to_json()
-    row = session.scalars(
-        select(Compatibility).where(
-            Compatibility.adapter_version_id == version.id,
-            Compatibility.base_model_id == base.id,
-        )
-    ).one_or_none()
-    if row is None:
-        row = Compatibility(adapter_version_id=version.id, base_model_id=base.id)
-        session.add(row)
-    row.compatible = verdict.compatible
-    row.method = METHOD_STATIC
-    row.reasons = data["reasons"]
-    row.warnings = data["warnings"]
-    row.serving = data["serving"]
-    row.checked_at = utcnow()
-    return row
+    values = {
+        "compatible": verdict.compatible,
+        "method": METHOD_STATIC,
+        "reasons": data["reasons"],
+        "warnings": data["warnings"],
+        "serving": data["serving"],
+        "checked_at": utcnow(),
+    }
+    pair = (Compatibility.adapter_version_id == version.id,
+            Compatibility.base_model_id == base.id)
+    # Insert-or-nothing, then update: two requests computing the same verdict at once both
+    # succeed instead of one failing on the unique pair.
+    insert_ignore(session, Compatibility,
+                  {"adapter_version_id": version.id, "base_model_id": base.id, **values},
+                  keys=["adapter_version_id", "base_model_id"])
+    session.execute(update(Compatibility).where(*pair).values(**values))
+    return session.scalars(
+        select(Compatibility).where(*pair).execution_options(populate_existing=True)
+    ).one()
 
 
 def _check_all(session: Session, pairs: Iterable[tuple[AdapterVersion, BaseModel]]) -> None:

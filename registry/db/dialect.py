@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from registry.db.base import Base
@@ -22,3 +23,19 @@ def insert_ignore(
     module: Any = postgresql if dialect == "postgresql" else sqlite
     stmt = module.insert(model).values(**values).on_conflict_do_nothing(index_elements=keys)
     session.execute(stmt)
+
+
+def add_unless_exists(session: Session, obj: Base) -> bool:
+    """Add and flush ``obj`` inside a savepoint.
+
+    Returns:
+        False when a unique constraint says an equal row exists already (another transaction
+        won the race); the savepoint is rolled back and the session stays usable.
+    """
+    try:
+        with session.begin_nested():
+            session.add(obj)
+            session.flush()
+    except IntegrityError:
+        return False
+    return True

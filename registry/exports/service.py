@@ -9,6 +9,7 @@ from registry.adapters import service as adapters
 from registry.adapters.schemas import FileOut
 from registry.base_models import service as bases
 from registry.blobs.service import blobs_for
+from registry.db.dialect import add_unless_exists
 from registry.db.models import Export, ExportFile
 from registry.errors import Conflict, InvalidInput
 from registry.exports.schemas import CreateExportIn, ExportOut
@@ -76,8 +77,8 @@ def create_export(session: Session, *, body: CreateExportIn) -> tuple[Export, bo
         total_size=sum(blob.size for blob in blobs.values()), created_by=body.created_by,
     )
     export.files = [ExportFile(path=p, blob=blob) for p, blob in sorted(blobs.items())]
-    session.add(export)
-    session.flush()
+    if not add_unless_exists(session, export):  # recorded concurrently: compare with that one
+        return create_export(session, body=body)
     return export, True
 
 

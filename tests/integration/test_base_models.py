@@ -216,3 +216,41 @@ def test_declared_base_links_by_default(http: HttpRegistry, settings, adapters_d
     result = push(http, name="auto", directory=adapters_dir["dora"], settings=settings)
     assert result.version.base_model == "tiny-llama"
     assert result.version.compatibility is not None
+
+
+def test_registration_race_on_one_name(http: HttpRegistry, settings, base_dirs, live_server):
+    """Two transactions register the same base at once: the second waits on the unique row,
+    then returns the first one's row instead of failing (PostgreSQL; SQLite serialises them)."""
+    import threading
+    import time
+
+    from registry.base_models import service as bases
+    from registry.db.engine import session_scope
+
+    register_base_dir(http, name="warm", directory=base_dirs["llama"], settings=settings)
+    files = {f.path: str(f.digest) for f in http.get_base("warm").files}
+    body = RegisterBaseIn(name="raced", source="file:///x", files=files)
+    ctx = live_server.context
+    first_flushed = threading.Event()
+    results: dict[str, object] = {}
+
+    def first() -> None:
+        with session_scope(ctx.sessions) as session:
+            results["first"] = bases.register_base(session, ctx.store, body=body,
+                                                   settings=settings)[1]
+            first_flushed.set()
+            time.sleep(0.5)  # the second transaction is now blocked on our row
+
+    def second() -> None:
+        first_flushed.wait(30)
+        with session_scope(ctx.sessions) as session:
+            results["second"] = bases.register_base(session, ctx.store, body=body,
+                                                    settings=settings)[1]
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert results == {"first": True, "second": False}
+    assert [b.name for b in http.list_bases()].count("raced") == 1
