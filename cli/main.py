@@ -7,7 +7,6 @@ from typing import Any
 
 import click
 from pydantic import ValidationError
-from sqlalchemy.exc import OperationalError
 
 from cli import adapters, base, compat, db, export, gc, server
 from cli.output import CliState, exit_code_for, fail
@@ -23,15 +22,22 @@ class RegistryGroup(click.Group):
         except errors.RegistryError as exc:
             fail(exc.detail, exit_code_for(exc))
         except ValidationError as exc:
-            first = exc.errors()[0]
-            loc = ".".join(str(p) for p in first.get("loc", ()))
-            fail(f"invalid input: {loc}: {first.get('msg')}" if loc else str(first.get("msg")))
-        except OperationalError as exc:
-            fail(f"database unavailable: {str(exc.orig).splitlines()[0] if exc.orig else exc}", 5)
+            problem = exc.errors()[0]
+            loc = ".".join(str(p) for p in problem.get("loc", ()))
+            msg = problem.get("msg")
+            fail(f"invalid input: {loc}: {msg}" if loc else str(msg))
         except OSError as exc:
             fail(f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc))
         except KeyboardInterrupt:
             fail("interrupted", 130)
+        except Exception as exc:
+            # SQLAlchemy is imported only by commands that open a database; checking for its
+            # error here, lazily, keeps it out of the start-up of every other command.
+            sa_exc = sys.modules.get("sqlalchemy.exc")
+            if sa_exc is not None and isinstance(exc, sa_exc.OperationalError):
+                reason = str(exc.orig).splitlines()[0] if exc.orig else str(exc)
+                fail(f"database unavailable: {reason}", 5)
+            raise
 
 
 @click.group(cls=RegistryGroup, context_settings={"help_option_names": ["-h", "--help"]})
