@@ -16,14 +16,9 @@ from registry.merge.deltas import (
     plan_merge,
 )
 from registry.merge.errors import IncompatibleBase, OutputExists, QuantizedBase
-from registry.merge.stream import (
-    BaseFiles,
-    ExportedFile,
-    LocalDirFiles,
-    MergeResult,
-    RangeReadable,
-    merge_to_dir,
-)
+from registry.merge.files import BaseFiles, LocalDirFiles, RangeReadable
+from registry.merge.stream import MergeResult, merge_to_dir
+from registry.merge.writer import ExportedFile
 
 __all__ = [
     "BaseFiles",
