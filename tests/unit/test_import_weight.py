@@ -1,4 +1,4 @@
-"""The client paths stay light: a CLI call against a server never imports the ORM, boto3 or torch."""
+"""Client paths stay light: a CLI call against a server never imports the ORM, boto3 or torch."""
 
 from __future__ import annotations
 
