@@ -9,6 +9,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from registry.adapters.refs import parse_ref, validate_name
 from registry.adapters.schemas import CreateVersionIn, VersionOut
@@ -17,7 +18,13 @@ from registry.base_models.sources import wanted
 from registry.ci_env import detect_provenance
 from registry.client import RegistryBackend
 from registry.config import Settings
-from registry.errors import DigestMismatch, InvalidInput, InvalidPath, InvalidReference
+from registry.errors import (
+    BlobNotFound,
+    DigestMismatch,
+    InvalidInput,
+    InvalidPath,
+    InvalidReference,
+)
 from registry.formats import (
     PICKLE_SUFFIXES,
     LocalDirAccess,
@@ -101,8 +108,24 @@ def push(
         created_by=prov.created_by,
         description=description,
     )
-    version, created = backend.create_version(name, body)
+    version, created = with_reupload(
+        lambda: backend.create_version(name, body), backend, directory, files, progress
+    )
     return PushResult(version, created, result_uploaded, result_skipped)
+
+
+T = TypeVar("T")
+
+
+def with_reupload(create: Callable[[], T], backend: RegistryBackend, directory: Path,
+                  files: dict[str, str], progress: ProgressFactory | None) -> T:
+    """Run ``create``; if a blob vanished since its HEAD (gc removed an old unreferenced copy
+    between our check and the create), upload what is missing again and retry once."""
+    try:
+        return create()
+    except BlobNotFound:
+        upload_missing(backend, directory, files, progress)
+        return create()
 
 
 def upload_missing(backend: RegistryBackend, directory: Path, files: dict[str, str],
@@ -152,10 +175,11 @@ def register_base_dir(
     files = {path: sha256_file(directory / path)[0] for path in paths}
     uploaded, _ = upload_missing(backend, directory, files, progress)
     prov = detect_provenance()
-    base, created = backend.register_base(RegisterBaseIn(
-        name=name, source=directory.resolve().as_uri(), revision=revision, files=files,
-        created_by=prov.created_by,
-    ))
+    body = RegisterBaseIn(name=name, source=directory.resolve().as_uri(), revision=revision,
+                          files=files, created_by=prov.created_by)
+    base, created = with_reupload(
+        lambda: backend.register_base(body), backend, directory, files, progress
+    )
     return base, created, uploaded
 
 

@@ -54,3 +54,40 @@ def test_gc_removes_store_objects_without_a_row(live_server, http):
     report = collect_garbage(ctx.sessions, ctx.store, grace_seconds=3600, now=later)
     assert report.orphans_removed == [digest_of(data)]
     assert not ctx.store.exists(digest_of(data))
+
+
+def test_push_survives_gc_between_head_and_create(http, live_server, settings, adapters_dir,
+                                                  tmp_path):
+    """A blob HEAD found (old, unreferenced) is collected before the version is created: the
+    client uploads it again and the push still succeeds."""
+    import shutil
+
+    from registry.transfer import push
+
+    src = tmp_path / "adapter"
+    shutil.copytree(adapters_dir["lora"], src)
+    # Uploads go in path order: the one new file sorts last, so every HEAD has been answered
+    # ("stored") before its upload runs the collection.
+    (src / "zz-notes.txt").write_text("a new file, so one upload happens")
+    for name in ("README.md", "adapter_config.json", "adapter_model.safetensors"):
+        data = (src / name).read_bytes()
+        httpx.put(f"{live_server.url}/api/v1/blobs/{digest_of(data)}", content=data)
+
+    collected: list[list[str]] = []
+
+    def progress(desc: str, total: int):
+        def update(_n: int) -> None:
+            if not collected:  # during the first upload, after HEAD said the others exist
+                report = collect_garbage(live_server.context.sessions, live_server.context.store,
+                                         grace_seconds=0, now=utcnow() + timedelta(days=1))
+                collected.append(report.removed)
+        return update, lambda: None
+
+    result = push(http, name="raced", directory=src, settings=settings, progress=progress)
+    assert len(collected[0]) == 3  # the pre-uploaded blobs were collected mid-push
+    assert result.version.version == 1
+    out = tmp_path / "pulled"
+    from registry.transfer import pull
+
+    pull(http, ref="raced:1", directory=out)
+    assert read_dir(out) == read_dir(src)
