@@ -49,7 +49,11 @@ class RegistryGroup(click.Group):
 @click.version_option(__version__, prog_name="adapter-registry")
 @click.pass_context
 def cli(ctx: click.Context, url: str | None, token: str | None, as_json: bool) -> None:
-    """Keep LLM fine-tuning adapters: push, pull, list and show versions."""
+    """Keep LLM fine-tuning adapters: base models, versions, compatibility, merged exports.
+
+    Every command exits 0 on success and non-zero with one line on stderr otherwise (1 invalid
+    input, 3 not found, 4 conflict, 5 unavailable). --json works before or after the command.
+    """
     state = CliState(url=url, token=token, json=as_json)
     ctx.obj = state
     ctx.call_on_close(state.close)

@@ -78,4 +78,16 @@ class CliState:
         return bar.update, bar.close
 
 
-pass_state = click.make_pass_decorator(CliState)
+_pass_state = click.make_pass_decorator(CliState)
+
+
+def _set_json(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if value:
+        ctx.ensure_object(CliState).json = True
+
+
+def pass_state(f: Callable[..., Any]) -> Callable[..., Any]:
+    """Pass the CliState, and accept ``--json`` after the command too (``show X --json``)."""
+    return click.option("--json", "json_output", is_flag=True, expose_value=False,
+                        callback=_set_json, help="Print exactly one JSON document.")(
+        _pass_state(f))

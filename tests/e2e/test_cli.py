@@ -72,6 +72,8 @@ def test_embedded_push_list_show_pull(home, adapters_dir, tmp_path, base_dirs):
     assert {f["path"] for f in out["files"]} == set(read_dir(adapters_dir["lora"]))
     code, out, _ = run("--json", "show", "support-bot")
     assert out["version"] == 2
+    code, out, _ = run("show", "support-bot:1", "--json")  # --json after the command works too
+    assert code == 0 and out["version"] == 1
 
     dest = tmp_path / "pulled"
     code, out, _ = run("--json", "pull", "support-bot:1", str(dest))
