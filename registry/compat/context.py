@@ -126,6 +126,11 @@ class CheckContext:
                 ),
             )
 
+    def missing_module(self, module: str, *, tensor: str, message: str) -> None:
+        """Record that the base lacks ``module`` (an incompatibility)."""
+        self.missing_modules.append(module)
+        self.reason(codes.MISSING_MODULE, message, module=self.map.to_base(module), tensor=tensor)
+
     def reason(self, code: str, message: str, **fields: Any) -> None:
         """Record why the pair is incompatible."""
         self.reasons.append(Finding(code=code, message=message, **fields))

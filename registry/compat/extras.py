@@ -54,12 +54,10 @@ def check_full(ctx: CheckContext, *, only_modules_to_save: bool = False) -> None
         elif root is not None and "." not in root:
             new_heads.setdefault(root, {})[rel[len(root) + 1 :]] = list(got)
         elif module not in ctx.missing_modules:
-            ctx.missing_modules.append(module)
-            ctx.reason(
-                codes.MISSING_MODULE,
-                f"the adapter saves {tensor} but the base model has no module {base_module}",
-                module=base_module,
-                tensor=tensor,
+            ctx.missing_module(
+                module, tensor=tensor,
+                message=f"the adapter saves {tensor} but the base model has no module "
+                        f"{base_module}",
             )
     for root, params in sorted(new_heads.items()):
         ctx.warn(
@@ -78,13 +76,10 @@ def check_tokens(ctx: CheckContext) -> None:
         weight, _ = ctx.base_param(f"{module}.weight")
         base_module = ctx.map.to_base(module)
         if weight is None:
-            ctx.missing_modules.append(module)
-            ctx.reason(
-                codes.MISSING_MODULE,
-                f"the adapter has trainable tokens for {base_module}, which the base model does "
-                f"not have",
-                module=base_module,
-                tensor=tensor,
+            ctx.missing_module(
+                module, tensor=tensor,
+                message=f"the adapter has trainable tokens for {base_module}, which the base "
+                        f"model does not have",
             )
             continue
         ctx.checked.add(base_module)

@@ -93,13 +93,10 @@ def check_module(ctx: CheckContext, module: str) -> None:
     base_module = ctx.map.to_base(module)
     weight, implied = ctx.base_param(f"{module}.weight")
     if weight is None:
-        ctx.missing_modules.append(module)
-        ctx.reason(
-            codes.MISSING_MODULE,
-            f"the adapter has {peft_type} weights for {base_module}, which the base model does "
-            f"not have",
-            module=base_module,
-            tensor=first,
+        ctx.missing_module(
+            module, tensor=first,
+            message=f"the adapter has {peft_type} weights for {base_module}, which the base "
+                    f"model does not have",
         )
         return
     if len(weight) < 2:
