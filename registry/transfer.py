@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import os
 import tempfile
 from collections.abc import Callable, Iterator
@@ -34,6 +35,7 @@ from registry.formats import (
 )
 from registry.formats.checkpoint import read_checkpoint
 from registry.storage import sha256_file
+from registry.storage.writeback import Writeback
 
 # A progress factory: called with (description, total bytes), returns an updater and a closer.
 ProgressFactory = Callable[[str, int], tuple[Callable[[int], None], Callable[[], None]]]
@@ -227,10 +229,12 @@ def pull(
                                         dir=target.parent)
         tmp = Path(tmp_name)
         try:
-            with os.fdopen(fd, "wb") as out, progress_bar(progress, f"pull {path}", f.size) as upd:
+            with (
+                os.fdopen(fd, "wb", buffering=0) as out,
+                progress_bar(progress, f"pull {path}", f.size) as upd,
+            ):
                 hasher = _HashingWriter(out)
                 backend.download_blob(f.digest, hasher, progress=upd)  # type: ignore[arg-type]
-                out.flush()
                 os.fsync(out.fileno())
             got = f"sha256:{hasher.sha.hexdigest()}"
             if got != f.digest or hasher.size != f.size:
@@ -247,14 +251,21 @@ def pull(
 
 
 class _HashingWriter:
-    """A file-like sink that hashes what passes through it."""
+    """A file-like sink over an unbuffered file: hashes what passes through, writes all of it,
+    and starts writeback as it goes (see registry.storage.writeback)."""
 
-    def __init__(self, out: object) -> None:
+    def __init__(self, out: io.FileIO) -> None:
         self._out = out
+        self._writeback = Writeback(out.fileno())
         self.sha = hashlib.sha256()
         self.size = 0
 
-    def write(self, data: bytes) -> int:
+    def write(self, data: bytes | memoryview) -> int:
         self.sha.update(data)
-        self.size += len(data)
-        return self._out.write(data)  # type: ignore[attr-defined,no-any-return]
+        view = memoryview(data)
+        while view:
+            view = view[self._out.write(view) :]
+        n = len(data)
+        self.size += n
+        self._writeback.wrote(n)
+        return n

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
-from fastapi import APIRouter, FastAPI, Request, Response
+from fastapi import APIRouter, FastAPI, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -18,6 +17,8 @@ from prometheus_client import (
 )
 from sqlalchemy import text
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import registry
 from registry.adapters.router import router as adapters_router
@@ -74,6 +75,58 @@ class Metrics:
         )
 
 
+class RequestMiddleware:
+    """Per request: refuse oversized JSON bodies up front, and record metrics.
+
+    A plain ASGI middleware rather than ``@app.middleware("http")``: Starlette's
+    BaseHTTPMiddleware passes every request and response chunk through extra tasks and memory
+    streams: measured, that alone cost a quarter of the upload throughput and half of the
+    download throughput through httpx.
+    """
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        # Blob uploads stream with their own limit; every other body is parsed in memory.
+        declared = Headers(scope=scope).get("content-length")
+        if (
+            declared is not None
+            and not scope["path"].startswith("/api/v1/blobs/")
+            and (not declared.isdigit() or int(declared) > MAX_JSON_BODY)
+        ):
+            response = JSONResponse(
+                {"error": "too_large", "detail": f"request body over {MAX_JSON_BODY} bytes"},
+                status_code=413,
+            )
+            await response(scope, receive, send)
+            self._observe(scope, 413, start)
+            return
+        status = 500
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            self._observe(scope, status, start)
+
+    def _observe(self, scope: Scope, status: int, start: float) -> None:
+        path = getattr(scope.get("route"), "path", "unmatched")
+        method = scope["method"]
+        self.metrics.requests.labels(method, path, str(status)).inc()
+        self.metrics.latency.labels(method, path).observe(time.perf_counter() - start)
+
+
 def create_app(
     settings: Settings | None = None, *, context: RegistryContext | None = None
 ) -> FastAPI:
@@ -123,33 +176,6 @@ def create_app(
     def prometheus_metrics() -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    @app.middleware("http")
-    async def limit_json_bodies(
-        request: Request, call_next: Callable[[Request], Awaitable[Any]]
-    ) -> Any:
-        # Blob uploads stream with their own limit; every other body is parsed in memory.
-        declared = request.headers.get("content-length")
-        if (
-            declared is not None
-            and not request.url.path.startswith("/api/v1/blobs/")
-            and (not declared.isdigit() or int(declared) > MAX_JSON_BODY)
-        ):
-            return JSONResponse(
-                {"error": "too_large", "detail": f"request body over {MAX_JSON_BODY} bytes"},
-                status_code=413,
-            )
-        return await call_next(request)
-
-    @app.middleware("http")
-    async def observe(
-        request: Request, call_next: Callable[[Request], Awaitable[Any]]
-    ) -> Any:
-        start = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        path = getattr(route, "path", "unmatched")
-        metrics.requests.labels(request.method, path, str(response.status_code)).inc()
-        metrics.latency.labels(request.method, path).observe(time.perf_counter() - start)
-        return response
+    app.add_middleware(RequestMiddleware, metrics=metrics)
 
     return app

@@ -196,6 +196,12 @@ def test_health_ready_metrics_openapi(live_server):
     assert "/api/v1/blobs/{digest}" in spec["paths"]
     missing = httpx.get(f"{url}/api/v1/nothing-here")
     assert missing.status_code == 404 and missing.json()["error"] == "not_found"
+    huge = httpx.post(f"{url}/api/v1/adapters/x/versions",
+                      content=b"{" + b" " * (9 * 1024 * 1024) + b"}")
+    assert huge.status_code == 413
+    metrics = httpx.get(f"{url}/metrics").text
+    assert 'registry_http_requests_total{method="GET",route="unmatched",status="404"}' in metrics
+    assert 'registry_http_requests_total{method="POST",route="unmatched",status="413"}' in metrics
 
 
 def test_raw_push_of_valid_files_works(live_server, adapters_dir):
@@ -219,3 +225,19 @@ def test_limit_enforced_across_streamed_batches(live_server, settings):
     assert r.status_code == 413 and r.json()["error"] == "too_large"
     assert httpx.head(f"{live_server.url}/api/v1/blobs/{digest_of(data)}").status_code == 404
     assert list(live_server.context.store.iter_blobs()) == []
+
+
+def test_streamed_upload_over_many_batches_round_trips(live_server):
+    import os
+
+    data = os.urandom(13 * 1024 * 1024 + 12345)
+    digest = digest_of(data)
+
+    def chunks():  # odd-sized chunks, no Content-Length: the server batches them itself
+        for i in range(0, len(data), 300_001):
+            yield data[i : i + 300_001]
+
+    r = httpx.put(f"{live_server.url}/api/v1/blobs/{digest}", content=chunks(), timeout=60)
+    assert r.status_code == 201, r.text
+    back = httpx.get(f"{live_server.url}/api/v1/blobs/{digest}", timeout=60)
+    assert back.status_code == 200 and back.content == data
