@@ -14,10 +14,12 @@ the same run, each in its own process:
 
 Targets (issue): our peak RSS <= 30% of PEFT's; our wall time <= 60% of PEFT's and <= 2.5x the
 plain copy. Peak RSS is the kernel's ru_maxrss of the step's process (wait4); wall time is the
-whole process, interpreter start and imports included. Every step starts after os.sync() with
-the base in the page cache (it was just written), and writes its output to the same disk; the
-median of --repeats runs is reported. Both merged outputs are compared tensor by tensor (they
-must agree to fp16 rounding). Results: bench/results/export.json (export-small.json for --small).
+whole process, interpreter start, imports and exit included (the ours step exits the way the
+CLI does: registry.process.exit_process skips torch's interpreter teardown). Every step starts
+after os.sync() with the base in the page cache (it was just written), and writes its output
+to the same disk; the median of --repeats runs is reported. Both merged outputs are compared
+tensor by tensor (they must agree to fp16 rounding). Results: bench/results/export.json
+(export-small.json for --small).
 """
 
 from __future__ import annotations
@@ -405,9 +407,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.step == "compare":
         print(json.dumps(_compare(args.base, args.out, args.names)))
         return 0
-    if args.step:
-        fn = step_ours if args.step == "ours" else step_peft
-        print(json.dumps(fn(args.base, args.adapter, args.out, args.max_shard)))
+    if args.step == "ours":
+        print(json.dumps(step_ours(args.base, args.adapter, args.out, args.max_shard)))
+        # Ends the way `adapter-registry export` ends (registry.process.exit_process).
+        from registry.process import exit_process
+
+        exit_process(0)
+    if args.step == "peft":
+        print(json.dumps(step_peft(args.base, args.adapter, args.out, args.max_shard)))
         return 0
     results = run(small=args.small, repeats=args.repeats, workdir=args.workdir, keep=args.keep)
     print(json.dumps({"median": results["median"], "ratios": results["ratios"],

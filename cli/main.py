@@ -11,6 +11,7 @@ from pydantic import ValidationError
 from cli import adapters, base, compat, db, export, gc, server
 from cli.output import CliState, exit_code_for, fail
 from registry import __version__, errors
+from registry.process import exit_process
 
 
 class RegistryGroup(click.Group):
@@ -72,11 +73,19 @@ cli.add_command(export.export)
 
 
 def main() -> None:
+    code = 0
     try:
         cli.main(prog_name="adapter-registry", standalone_mode=True)
+    except SystemExit as exc:  # click ends every command this way
+        if isinstance(exc.code, str):
+            click.echo(exc.code, err=True)
+            code = 1
+        else:
+            code = exc.code or 0
     except Exception as exc:  # the last line of defence: one line, never a traceback
         click.echo(f"error: internal error: {type(exc).__name__}: {exc}", err=True)
-        sys.exit(70)
+        code = 70
+    exit_process(code)
 
 
 if __name__ == "__main__":

@@ -23,9 +23,11 @@ removed. Files are not fsync'ed: the recorded sha256 digests let a consumer veri
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import shutil
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -137,7 +139,7 @@ def merge_to_dir(
     writer = Writer()
     sources = Sources(base, writer.drain)
     try:
-        with compute_threads(dev):
+        with compute_threads(dev), _gc_frozen():
             write_shards(plan.shards, plan.merge, sources, writer, tmp, dev, progress)
         sources.close()
         write_index(plan.shards, writer, tmp)
@@ -155,6 +157,21 @@ def merge_to_dir(
         dtype=plan.dtype,
         shards=len(plan.shards),
     )
+
+
+@contextlib.contextmanager
+def _gc_frozen() -> Iterator[None]:
+    """Keep the garbage collector off the objects that exist before the merge loop.
+
+    The loop creates a few small objects per block, which triggers collections, and a full
+    collection walks every object torch and the registry hold (a few % of an export's CPU
+    time in a profile). Frozen objects are skipped; the loop's own garbage is still collected.
+    """
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 def _move_into_place(tmp: Path, out_dir: Path, force: bool) -> None:

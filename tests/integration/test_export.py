@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -126,6 +130,24 @@ def test_export_cli(home_with_registry, tmp_path):
     assert code == 1 and "--force" in err and err.count("\n") == 1
     code, _, err = run("pull", "bot:1", str(tmp_path / "q"), "--export-base", "other")
     assert code == 3 and err.count("\n") == 1
+
+
+def test_export_console_script(home_with_registry, tmp_path):
+    """The installed command in its own process (it ends through registry.process.exit_process
+    once torch is loaded): complete JSON on stdout, exit codes, one-line errors."""
+    _, home = home_with_registry
+    exe = Path(sys.executable).with_name("adapter-registry")
+    env = {**os.environ, "REGISTRY_HOME": str(home)}
+    argv = [str(exe), "--json", "export", "bot:1", "--base", "tiny-llama", "--out",
+            str(tmp_path / "m")]
+    proc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert {f["path"] for f in out["files"]} == set(read_dir(tmp_path / "m"))
+    again = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=300)
+    assert again.returncode == 1 and again.stdout == ""
+    assert again.stderr.startswith("error: ") and again.stderr.count("\n") == 1
+    assert "--force" in again.stderr
 
 
 @pytest.fixture
