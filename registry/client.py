@@ -7,6 +7,7 @@ embedded registry.
 
 from __future__ import annotations
 
+import hashlib
 import http.client
 import json
 from collections.abc import Callable, Iterator
@@ -29,6 +30,8 @@ class RegistryBackend(Protocol):
 
     def blob_exists(self, digest: str) -> bool: ...
     def upload_blob(self, digest: str, path: Path, *, progress: Progress = None) -> None: ...
+    def can_upload_unhashed(self, size: int) -> bool: ...
+    def upload_new_blob(self, path: Path, *, progress: Progress = None) -> str: ...
     def download_blob(self, digest: str, out: BinaryIO, *, progress: Progress = None) -> None: ...
     def create_version(self, name: str, body: CreateVersionIn) -> tuple[VersionOut, bool]: ...
     def get_version(self, name: str, version: int | None) -> VersionOut: ...
@@ -50,6 +53,21 @@ class RegistryBackend(Protocol):
     def local_blob_path(self, digest: str) -> Path | None: ...
     def read_blob_range(self, digest: str, offset: int, length: int) -> bytes: ...
     def close(self) -> None: ...
+
+
+def check_uploaded(path: Path, stored: str, sent: str) -> str:
+    """The digest of an upload named by its content, once the registry's and ours agree.
+
+    Raises:
+        DigestMismatch: they differ (the file changed while it was sent, or bytes were damaged
+            on the way); the stored blob is referenced by nothing and gc removes it.
+    """
+    if stored != sent:
+        raise errors.DigestMismatch(
+            f"{path.name}: the registry stored {stored} but the bytes sent hash to {sent} "
+            "(did the file change during the upload?)"
+        )
+    return stored
 
 
 def _error_classes() -> dict[str, type[errors.RegistryError]]:
@@ -143,6 +161,37 @@ class HttpRegistry:
             content=body(),
             headers={"Content-Length": str(size), "Content-Type": "application/octet-stream"},
         )
+
+    def can_upload_unhashed(self, size: int) -> bool:
+        """True when no stored blob has ``size`` bytes and the server names blobs after upload,
+        so a file of that size can be sent without hashing it first."""
+        try:
+            info = self._request("GET", f"/api/v1/blobs/sizes/{size}").json()
+        except errors.NotFound:  # a server without the endpoint: hash first, as always
+            return False
+        return bool(info.get("upload_without_digest")) and info.get("stored") is False
+
+    def upload_new_blob(self, path: Path, *, progress: Progress = None) -> str:
+        """Send a file the server names by its content, hashing it on the way out; returns the
+        digest after checking that the server computed the same one."""
+        size = path.stat().st_size
+        sha = hashlib.sha256()
+
+        def body() -> Iterator[bytes]:
+            with path.open("rb") as fh:
+                while chunk := fh.read(CHUNK):
+                    sha.update(chunk)
+                    if progress:
+                        progress(len(chunk))
+                    yield chunk
+
+        stored = self._request(
+            "POST",
+            "/api/v1/blobs/uploads",
+            content=body(),
+            headers={"Content-Length": str(size), "Content-Type": "application/octet-stream"},
+        ).json()["digest"]
+        return check_uploaded(path, stored, f"sha256:{sha.hexdigest()}")
 
     def download_blob(self, digest: str, out: BinaryIO, *, progress: Progress = None) -> None:
         # The standard library's readinto streams several times faster than httpx's iterators

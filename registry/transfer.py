@@ -95,8 +95,7 @@ def push(
     paths = list_local_files(directory)
     inspect_adapter(paths, LocalDirAccess(directory), limits=settings.adapter_limits())
 
-    files = {path: sha256_file(directory / path)[0] for path in paths}
-    result_uploaded, result_skipped = upload_missing(backend, directory, files, progress)
+    files, result_uploaded, result_skipped = upload_files(backend, directory, paths, progress)
 
     prov = detect_provenance()
     body = CreateVersionIn(
@@ -128,6 +127,39 @@ def with_reupload(create: Callable[[], T], backend: RegistryBackend, directory: 
     except BlobNotFound:
         upload_missing(backend, directory, files, progress)
         return create()
+
+
+# Files at least this large are sent without hashing them first when no stored blob has their
+# size; smaller ones are hashed first, which costs less than the extra request.
+UNHASHED_UPLOAD_MIN = 8 * 1024 * 1024
+
+
+def upload_files(backend: RegistryBackend, directory: Path, paths: list[str],
+                 progress: ProgressFactory | None) -> tuple[dict[str, str], list[str], list[str]]:
+    """Find every file's digest and upload what the registry lacks.
+
+    A large file whose size no stored blob has cannot be a duplicate: where the registry names
+    blobs after their upload (local blob store), it is sent at once and hashed on the way out,
+    one read instead of two. Every other file is hashed first and uploaded only when its
+    digest is not stored yet (dedupe).
+
+    Returns:
+        ``path -> digest`` for every path, the paths uploaded, the paths already stored.
+    """
+    files: dict[str, str] = {}
+    sent: list[str] = []
+    for path in sorted(paths):
+        local = directory / path
+        size = local.stat().st_size
+        if size >= UNHASHED_UPLOAD_MIN and backend.can_upload_unhashed(size):
+            with progress_bar(progress, f"upload {path}", size) as update:
+                files[path] = backend.upload_new_blob(local, progress=update)
+            sent.append(path)
+        else:
+            files[path] = sha256_file(local)[0]
+    rest = {path: digest for path, digest in files.items() if path not in sent}
+    uploaded, skipped = upload_missing(backend, directory, rest, progress)
+    return files, sorted(sent + uploaded), skipped
 
 
 def upload_missing(backend: RegistryBackend, directory: Path, files: dict[str, str],
@@ -174,8 +206,7 @@ def register_base_dir(
         paths = [p for p in paths if not p.endswith(PICKLE_SUFFIXES)]
     read_checkpoint(paths, LocalDirAccess(directory), max_header_bytes=settings.max_header_bytes,
                     max_config_bytes=settings.max_config_bytes)
-    files = {path: sha256_file(directory / path)[0] for path in paths}
-    uploaded, _ = upload_missing(backend, directory, files, progress)
+    files, uploaded, _ = upload_files(backend, directory, paths, progress)
     prov = detect_provenance()
     body = RegisterBaseIn(name=name, source=directory.resolve().as_uri(), revision=revision,
                           files=files, created_by=prov.created_by)

@@ -1,4 +1,5 @@
-"""Blob routes: HEAD (dedupe), PUT (streamed, verified), GET (streamed)."""
+"""Blob routes: HEAD (dedupe), PUT (streamed, verified), GET (streamed), and for large new
+files a size query plus POST uploads the server names by their content."""
 
 from __future__ import annotations
 
@@ -7,14 +8,17 @@ import re
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Request, Response
+from fastapi import Path as FPath
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from registry.api.deps import ContextDep, Digest, SessionDep, StoreDep
 from registry.blobs import service
+from registry.blobs.schemas import BlobSizeOut, BlobUploadOut
+from registry.context import RegistryContext
 from registry.db.engine import session_scope
 from registry.errors import BlobNotFound, InvalidInput, TooLarge
-from registry.storage import parse_digest
+from registry.storage import BlobWriter, parse_digest
 
 router = APIRouter(prefix="/api/v1/blobs", tags=["blobs"])
 
@@ -71,18 +75,17 @@ def get_blob(digest: Digest, session: SessionDep, store: StoreDep,
     )
 
 
-@router.put("/{digest}", status_code=201)
-async def put_blob(digest: Digest, request: Request, ctx: ContextDep) -> Response:
-    """Stream the body into the store; it becomes visible only if its sha256 equals ``digest``."""
-    parse_digest(digest)
-    limit = ctx.settings.max_file_bytes
+def _check_declared_length(request: Request, limit: int) -> None:
     declared = request.headers.get("content-length")
     if declared is not None:
         if not declared.isdigit():
             raise InvalidInput("invalid Content-Length")
         if int(declared) > limit:
             raise TooLarge(f"blob of {declared} bytes exceeds the limit of {limit} bytes")
-    writer = await run_in_threadpool(ctx.store.writer, digest, max_size=limit)
+
+
+async def _receive(request: Request, writer: BlobWriter) -> int:
+    """Stream the request body into ``writer`` and commit it; returns the blob's size."""
 
     def write_all(chunks: list[bytes]) -> None:
         for chunk in chunks:
@@ -108,19 +111,62 @@ async def put_blob(digest: Digest, request: Request, ctx: ContextDep) -> Respons
             inflight = None
         if pending:
             await run_in_threadpool(write_all, pending)
-        size = await run_in_threadpool(writer.commit)
+        return await run_in_threadpool(writer.commit)
     except BaseException:
         if inflight is not None:
             await asyncio.gather(inflight, return_exceptions=True)
         await run_in_threadpool(writer.abort)
         raise
 
-    def _record() -> None:
+
+async def _record(ctx: RegistryContext, digest: str, size: int) -> None:
+    def record() -> None:
         with session_scope(ctx.sessions) as session:
             service.record_blob(session, digest=digest, size=size)
 
-    await run_in_threadpool(_record)
+    await run_in_threadpool(record)
+
+
+@router.put("/{digest}", status_code=201)
+async def put_blob(digest: Digest, request: Request, ctx: ContextDep) -> Response:
+    """Stream the body into the store; it becomes visible only if its sha256 equals ``digest``."""
+    parse_digest(digest)
+    limit = ctx.settings.max_file_bytes
+    _check_declared_length(request, limit)
+    writer = await run_in_threadpool(ctx.store.writer, digest, max_size=limit)
+    size = await _receive(request, writer)
+    await _record(ctx, digest, size)
     return Response(
+        status_code=201,
+        headers={"Location": f"/api/v1/blobs/{digest}", "Docker-Content-Digest": digest},
+    )
+
+
+@router.get("/sizes/{size}", response_model=BlobSizeOut)
+def blob_size(size: Annotated[int, FPath(ge=0)], session: SessionDep,
+              store: StoreDep) -> BlobSizeOut:
+    """Whether any stored blob has exactly ``size`` bytes, and whether this registry accepts
+    uploads named by their content (``POST /api/v1/blobs/uploads``). A file whose size no blob
+    has cannot be a duplicate, so a client may send it without hashing it first."""
+    return BlobSizeOut(size=size, stored=service.size_stored(session, size=size),
+                       upload_without_digest=store.digest_after_upload)
+
+
+@router.post("/uploads", status_code=201, response_model=BlobUploadOut)
+async def upload_new_blob(request: Request, ctx: ContextDep) -> JSONResponse:
+    """Stream a body whose digest the server computes (one hashing pass for the client, which
+    hashes while sending and compares with the digest returned). Only where the blob store can
+    name a blob after its upload (the local store); elsewhere 422 (S3's new_blob_writer refuses
+    before a byte is read): PUT by digest instead."""
+    limit = ctx.settings.max_file_bytes
+    _check_declared_length(request, limit)
+    writer = await run_in_threadpool(ctx.store.new_blob_writer, max_size=limit)
+    size = await _receive(request, writer)
+    digest = writer.digest
+    assert digest is not None  # set by commit()
+    await _record(ctx, digest, size)
+    return JSONResponse(
+        BlobUploadOut(digest=digest, size=size).model_dump(),
         status_code=201,
         headers={"Location": f"/api/v1/blobs/{digest}", "Docker-Content-Digest": digest},
     )

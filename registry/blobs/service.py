@@ -22,6 +22,12 @@ def get_blob(session: Session, *, digest: str) -> Blob | None:
     return session.scalars(select(Blob).where(Blob.digest == digest)).one_or_none()
 
 
+def size_stored(session: Session, *, size: int) -> bool:
+    """Whether any recorded blob has exactly ``size`` bytes (if none does, a file of that size
+    cannot be a duplicate, so a client may upload it without hashing it first)."""
+    return bool(session.scalar(select(exists().where(Blob.size == size))))
+
+
 def blobs_for(session: Session, files: dict[str, str]) -> dict[str, Blob]:
     """The recorded blob of every ``path -> digest``.
 

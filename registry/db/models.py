@@ -39,7 +39,8 @@ class Blob(Base):
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     digest: Mapped[str] = mapped_column(String(71), unique=True)
-    size: Mapped[int] = mapped_column(BigInteger)
+    # Indexed: a push asks whether any blob has a file's size before deciding to hash it first.
+    size: Mapped[int] = mapped_column(BigInteger, index=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
 
 

@@ -83,9 +83,13 @@ class BlobStat:
 
 
 class BlobWriter(Protocol):
-    """An upload in progress; nothing is visible until :meth:`commit` verifies the digest."""
+    """An upload in progress; nothing is visible until :meth:`commit` verifies the digest.
 
-    digest: str
+    ``digest`` is None for an upload whose digest is learned from its content (see
+    ``BlobStore.new_blob_writer``) until commit() sets it.
+    """
+
+    digest: str | None
     size: int
 
     def write(self, data: bytes) -> None: ...
@@ -115,6 +119,12 @@ class BlobStore(Protocol):
 
     def writer(self, digest: str, *, max_size: int | None = None) -> BlobWriter: ...
 
+    # True when new_blob_writer is supported and costs no more than writer (the client may then
+    # send a new file without hashing it first).
+    digest_after_upload: bool
+
+    def new_blob_writer(self, *, max_size: int | None = None) -> BlobWriter: ...
+
     def put_file(self, digest: str, path: Path, *, max_size: int | None = None) -> int: ...
 
     def iter_chunks(self, digest: str, *, chunk_size: int = DEFAULT_CHUNK) -> Iterator[bytes]: ...
@@ -137,8 +147,9 @@ class HashingWriter(ABC):
     the verified blob visible) and ``_discard`` (drop everything temporary; must not raise).
     """
 
-    def __init__(self, digest: str, *, max_size: int | None = None) -> None:
-        parse_digest(digest)
+    def __init__(self, digest: str | None, *, max_size: int | None = None) -> None:
+        if digest is not None:
+            parse_digest(digest)
         if max_size is not None and max_size < 0:
             raise InvalidInput("max_size must not be negative")
         self.digest = digest
@@ -175,7 +186,7 @@ class HashingWriter(ABC):
             return
         if self.max_size is not None and self.size + len(data) > self.max_size:
             self.abort()
-            raise TooLarge(f"blob {self.digest} exceeds the limit of {self.max_size} bytes")
+            raise TooLarge(f"{self._what} exceeds the limit of {self.max_size} bytes")
         self._hash.update(data)
         self.size += len(data)
         try:
@@ -201,7 +212,9 @@ class HashingWriter(ABC):
             return self.size
         self._require_open()
         actual = format_digest(self._hash.hexdigest())
-        if actual != self.digest:
+        if self.digest is None:  # an upload named by its content
+            self.digest = actual
+        elif actual != self.digest:
             self.abort()
             raise DigestMismatch(f"expected {self.digest}, received content hashes to {actual}")
         try:
@@ -234,7 +247,11 @@ class HashingWriter(ABC):
     def _require_open(self) -> None:
         if self._state != "open":
             # A caller bug, not a storage failure: don't report it as one.
-            raise RuntimeError(f"the upload of {self.digest} is already {self._state}")
+            raise RuntimeError(f"the {self._what} is already {self._state}")
+
+    @property
+    def _what(self) -> str:
+        return "upload" if self.digest is None else f"blob {self.digest}"
 
 
 def put_file_via_writer(writer: BlobWriter, path: Path, *, chunk: int = DEFAULT_CHUNK) -> int:

@@ -72,13 +72,15 @@ class LocalBlobWriter(HashingWriter):
     parallel with the network and the fsync at commit only waits for the tail.
     """
 
-    def __init__(self, store: LocalBlobStore, digest: str, *, max_size: int | None = None) -> None:
+    def __init__(
+        self, store: LocalBlobStore, digest: str | None, *, max_size: int | None = None
+    ) -> None:
         super().__init__(digest, max_size=max_size)
-        self._final = store.path_for(digest)
-        hexpart = parse_digest(digest)
+        self._store = store
+        stem = "upload" if digest is None else parse_digest(digest)
         try:
             store.tmp_dir.mkdir(parents=True, exist_ok=True)
-            self._tmp = store.tmp_dir / f"{hexpart}.{uuid.uuid4().hex}.tmp"
+            self._tmp = store.tmp_dir / f"{stem}.{uuid.uuid4().hex}.tmp"
             self._file = self._tmp.open("xb", buffering=0)
         except OSError as exc:
             raise _storage_error("creating a temp file", exc) from exc
@@ -94,18 +96,20 @@ class LocalBlobWriter(HashingWriter):
         self._writeback.wrote(len(data))
 
     def _publish(self) -> None:
+        assert self.digest is not None  # commit() has set it
+        final = self._store.path_for(self.digest)
         try:
             os.fsync(self._file.fileno())
             self._file.close()
-            if self._final.is_file():
+            if final.is_file():
                 # Same digest, same bytes: keep the existing file, drop ours.
                 self._tmp.unlink(missing_ok=True)
                 return
-            self._final.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(self._tmp, self._final)
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(self._tmp, final)
         except OSError as exc:
             raise _storage_error("publishing", exc) from exc
-        _fsync_dir(self._final.parent)
+        _fsync_dir(final.parent)
 
     def _discard(self) -> None:
         with contextlib.suppress(OSError):
@@ -198,6 +202,23 @@ class LocalBlobStore:
             StorageError: if the temp file cannot be created.
         """
         return LocalBlobWriter(self, digest, max_size=max_size)
+
+    # Naming a blob after its upload costs nothing here: the temp file is renamed either way.
+    digest_after_upload = True
+
+    def new_blob_writer(self, *, max_size: int | None = None) -> LocalBlobWriter:
+        """Start an upload named by its content: commit() computes the digest and publishes.
+
+        Args:
+            max_size: Abort with TooLarge once more than this many bytes are written.
+
+        Returns:
+            A LocalBlobWriter whose ``digest`` is set by commit().
+
+        Raises:
+            StorageError: if the temp file cannot be created.
+        """
+        return LocalBlobWriter(self, None, max_size=max_size)
 
     def put_file(self, digest: str, path: Path, *, max_size: int | None = None) -> int:
         """Upload a file, streaming it through :meth:`writer`.

@@ -114,6 +114,7 @@ class S3BlobWriter(HashingWriter):
         self._parts.append({"PartNumber": number, "ETag": resp["ETag"]})
 
     def _publish(self) -> None:
+        assert self.digest is not None  # S3 uploads always name their digest up front
         if self._store.exists(self.digest):
             # Same digest, same bytes: keep the existing object, drop our upload.
             self._discard()
@@ -257,6 +258,21 @@ class S3BlobStore:
             InvalidDigest: if the digest is malformed.
         """
         return S3BlobWriter(self, digest, max_size=max_size)
+
+    # Objects are keyed by digest from the first part on; naming one after the upload would
+    # mean a temporary key and a server-side copy of the whole object. Clients hash first.
+    digest_after_upload = False
+
+    def new_blob_writer(self, *, max_size: int | None = None) -> S3BlobWriter:
+        """Not supported: an S3 upload needs its digest (its key) before the first part.
+
+        Raises:
+            InvalidInput: always; upload with ``writer(digest)`` instead.
+        """
+        raise InvalidInput(
+            "this registry's blob store (S3) needs each blob's digest before its upload: "
+            "hash the file and PUT /api/v1/blobs/{digest}"
+        )
 
     def put_file(self, digest: str, path: Path, *, max_size: int | None = None) -> int:
         """Upload a file, streaming it through :meth:`writer`.

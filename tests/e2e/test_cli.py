@@ -224,3 +224,19 @@ def test_base_errors_are_one_line(home, adapters_dir, tmp_path, monkeypatch, arg
     exit_code, _, err = run(*argv)
     assert_one_line_error(exit_code, err, code=code, fragment=fragment)
     assert run("--json", "base", "list")[1] == []
+
+
+def test_embedded_push_of_a_big_new_file(home, tmp_path):
+    from tests.integration.helpers import big_lora_dir
+
+    src = big_lora_dir(tmp_path / "big", seed=7)
+    code, out, err = run("--json", "push", "big", str(src))
+    assert code == 0, err
+    assert sorted(out["uploaded"]) == ["adapter_config.json", "adapter_model.safetensors"]
+    code, out, err = run("--json", "push", "big-copy", str(src))
+    assert code == 0 and out["uploaded"] == [], err  # hashed first this time: stored already
+    code, _, err = run("--json", "pull", "big-copy:1", str(tmp_path / "out"))
+    assert code == 0, err
+    assert read_dir(tmp_path / "out") == read_dir(src)
+    blobs = [p for p in (home / "blobs" / "sha256").rglob("*") if p.is_file()]
+    assert len(blobs) == 2  # config + weights, each stored once

@@ -49,3 +49,19 @@ def version_count(base_url: str, name: str) -> int:
         return 0
     r.raise_for_status()
     return len(r.json())
+
+
+def big_lora_dir(directory: Path, seed: int) -> Path:
+    """A valid LoRA directory whose weights file is over transfer.UNHASHED_UPLOAD_MIN (10.5 MB)."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    rng = np.random.default_rng(seed)
+    stem = "base_model.model.model.layers.0.self_attn.q_proj"
+    directory.mkdir(parents=True)
+    save_file({f"{stem}.lora_A.weight": rng.standard_normal((16, 81920), dtype=np.float32),
+               f"{stem}.lora_B.weight": rng.standard_normal((81920, 16), dtype=np.float32)},
+              str(directory / "adapter_model.safetensors"))
+    (directory / "adapter_config.json").write_text(json.dumps(
+        {"peft_type": "LORA", "r": 16, "lora_alpha": 32, "target_modules": ["q_proj"]}))
+    return directory

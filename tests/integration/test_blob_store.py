@@ -414,3 +414,39 @@ def test_open_s3_uses_env_endpoint(
     assert s3.head_object(Bucket=BUCKET, Key=store.key_for(digest))["ContentLength"] == 500
     with pytest.raises(InvalidInput):
         open_blob_store(f"s3://{BUCKET}", part_bytes=MiB)
+
+
+# --- uploads named by their content -------------------------------------------------------------
+
+
+def test_new_blob_writer_names_the_blob_after_its_content(store: BlobStore) -> None:
+    data, digest = blob(3 * MiB + 5, seed=41)
+    if not store.digest_after_upload:
+        with pytest.raises(InvalidInput, match="digest before its upload"):
+            store.new_blob_writer()
+        return
+    writer = store.new_blob_writer(max_size=4 * MiB)
+    assert writer.digest is None
+    write_chunks(writer, data, chunk=300_001)
+    assert not store.exists(digest)  # nothing visible before commit
+    assert writer.commit() == len(data)
+    assert writer.digest == digest
+    assert b"".join(store.iter_chunks(digest)) == data
+    # The same content again: one blob, the same name.
+    again = store.new_blob_writer()
+    write_chunks(again, data)
+    again.commit()
+    assert again.digest == digest
+    assert [b.digest for b in store.iter_blobs()] == [digest]
+
+
+def test_new_blob_writer_over_the_limit_or_aborted_leaves_nothing(tmp_path: Path) -> None:
+    store = LocalBlobStore(tmp_path / "blobs")  # S3 refuses these uploads (tested above)
+    data, _ = blob(2 * MiB, seed=42)
+    writer = store.new_blob_writer(max_size=MiB)
+    with pytest.raises(TooLarge, match="upload exceeds the limit"):
+        write_chunks(writer, data, chunk=256 * 1024)
+    with store.new_blob_writer() as aborted:
+        aborted.write(data)  # leaves the block without commit: aborted
+    assert list(store.iter_blobs()) == []
+    assert leftovers(store) == []

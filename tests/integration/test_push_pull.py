@@ -13,7 +13,13 @@ import pytest
 from registry import errors
 from registry.client import HttpRegistry
 from registry.transfer import pull, push
-from tests.integration.helpers import digest_of, push_raw, read_dir, version_count
+from tests.integration.helpers import (
+    big_lora_dir,
+    digest_of,
+    push_raw,
+    read_dir,
+    version_count,
+)
 
 
 def _tree_digest(directory: Path) -> dict[str, str]:
@@ -241,3 +247,89 @@ def test_streamed_upload_over_many_batches_round_trips(live_server):
     assert r.status_code == 201, r.text
     back = httpx.get(f"{live_server.url}/api/v1/blobs/{digest}", timeout=60)
     assert back.status_code == 200 and back.content == data
+
+
+# --- large files: sent without hashing first where the store allows ------------------------------
+
+
+def _requests(url: str, method: str, route: str, status: int) -> float:
+    prefix = (f'registry_http_requests_total{{method="{method}",route="{route}",'
+              f'status="{status}"}} ')
+    for line in httpx.get(f"{url}/metrics").text.splitlines():
+        if line.startswith(prefix):
+            return float(line.removeprefix(prefix))
+    return 0.0
+
+
+def test_big_new_file_is_sent_once_and_dedupe_still_holds(http: HttpRegistry, settings,
+                                                          live_server, tmp_path):
+    from registry.transfer import UNHASHED_UPLOAD_MIN
+
+    src = big_lora_dir(tmp_path / "big", seed=1)
+    weights = src / "adapter_model.safetensors"
+    assert weights.stat().st_size >= UNHASHED_UPLOAD_MIN
+    local_store = live_server.context.store.digest_after_upload  # True: local, False: S3
+    first = push(http, name="big", directory=src, settings=settings)
+    assert sorted(first.uploaded) == ["adapter_config.json", "adapter_model.safetensors"]
+    url = live_server.url
+    # The weights went through POST /uploads (server-named) on the local store, PUT on S3.
+    assert _requests(url, "POST", "/api/v1/blobs/uploads", 201) == (1 if local_store else 0)
+    assert _requests(url, "PUT", "/api/v1/blobs/{digest}", 201) == (1 if local_store else 2)
+    stored = {f.path: f.digest for f in first.version.files}
+    assert stored["adapter_model.safetensors"] == digest_of(weights.read_bytes())
+
+    # The same weights again under another name: the size is known now, so the client hashes
+    # first, finds the blob and uploads nothing.
+    again = push(http, name="big-copy", directory=src, settings=settings)
+    assert again.uploaded == [] and sorted(again.skipped) == sorted(read_dir(src))
+    assert _requests(url, "POST", "/api/v1/blobs/uploads", 201) == (1 if local_store else 0)
+
+    out = tmp_path / "pulled"
+    pull(http, ref="big-copy:1", directory=out)
+    assert read_dir(out) == read_dir(src)
+
+
+def test_blob_size_query_and_content_named_upload(live_server):
+    import os
+
+    url = live_server.url
+    local_store = live_server.context.store.digest_after_upload
+    data = os.urandom(5 * 1024 * 1024 + 3)
+    r = httpx.get(f"{url}/api/v1/blobs/sizes/{len(data)}")
+    assert r.status_code == 200
+    assert r.json() == {"size": len(data), "stored": False, "upload_without_digest": local_store}
+    for bad in ("-1", "abc"):
+        r = httpx.get(f"{url}/api/v1/blobs/sizes/{bad}")
+        assert r.status_code == 422 and r.json()["error"] == "invalid_input", (bad, r.text)
+
+    r = httpx.post(f"{url}/api/v1/blobs/uploads", content=data, timeout=60)
+    if not local_store:
+        assert r.status_code == 422 and "PUT /api/v1/blobs/" in r.json()["detail"]
+        assert list(live_server.context.store.iter_blobs()) == []
+        return
+    assert r.status_code == 201, r.text
+    assert r.json() == {"digest": digest_of(data), "size": len(data)}
+    assert r.headers["docker-content-digest"] == digest_of(data)
+    assert httpx.get(f"{url}/api/v1/blobs/{digest_of(data)}", timeout=60).content == data
+    assert httpx.get(f"{url}/api/v1/blobs/sizes/{len(data)}").json()["stored"] is True
+
+
+def test_content_named_upload_over_the_limit_stores_nothing(live_server, settings):
+    import os
+
+    if not live_server.context.store.digest_after_upload:
+        assert httpx.post(f"{live_server.url}/api/v1/blobs/uploads",
+                          content=b"x").status_code == 422
+        return
+    settings.max_file_bytes = 1024 * 1024
+    data = os.urandom(3 * 1024 * 1024)
+
+    def chunks():  # no Content-Length: the limit is enforced while streaming
+        for i in range(0, len(data), 256 * 1024):
+            yield data[i : i + 256 * 1024]
+
+    r = httpx.post(f"{live_server.url}/api/v1/blobs/uploads", content=chunks(), timeout=60)
+    assert r.status_code == 413 and r.json()["error"] == "too_large"
+    declared = httpx.post(f"{live_server.url}/api/v1/blobs/uploads", content=data, timeout=60)
+    assert declared.status_code == 413
+    assert list(live_server.context.store.iter_blobs()) == []
