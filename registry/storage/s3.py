@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -73,7 +74,13 @@ def _s3_errors(action: str, digest: str | None = None) -> Iterator[None]:
 
 
 class S3BlobWriter(HashingWriter):
-    """Buffers at most one part in memory; starts a multipart upload once a full part is ready."""
+    """Buffers up to one part while the previous part uploads on a background thread.
+
+    A multipart upload starts once a full part is ready. At most one part is in flight, so
+    memory stays at two parts whatever the blob's size, and receiving the next part overlaps
+    sending the last one (boto3 clients are thread-safe). An upload error surfaces at the next
+    part or at commit, and aborts the upload.
+    """
 
     def __init__(self, store: S3BlobStore, digest: str, *, max_size: int | None = None) -> None:
         super().__init__(digest, max_size=max_size)
@@ -84,6 +91,9 @@ class S3BlobWriter(HashingWriter):
         self._buffer = bytearray()
         self._upload_id: str | None = None
         self._parts: list[dict[str, Any]] = []
+        self._next_part = 1
+        self._sender: ThreadPoolExecutor | None = None
+        self._inflight: Future[dict[str, Any]] | None = None
 
     def _write(self, data: bytes) -> None:
         part_bytes = self._store.part_bytes
@@ -93,25 +103,41 @@ class S3BlobWriter(HashingWriter):
             del self._buffer[:part_bytes]
             self._upload_part(part)
 
-    def _upload_part(self, body: bytes | bytearray) -> None:
-        if len(self._parts) >= MAX_PARTS:
+    def _upload_part(self, body: bytearray) -> None:
+        if self._next_part > MAX_PARTS:
             raise StorageError(
                 f"blob {self.digest} needs more than {MAX_PARTS} parts of "
                 f"{self._store.part_bytes} bytes; raise the S3 part size"
             )
-        with _s3_errors("upload"):
-            if self._upload_id is None:
+        if self._upload_id is None:
+            with _s3_errors("upload"):
                 resp = self._client.create_multipart_upload(Bucket=self._bucket, Key=self._key)
-                self._upload_id = resp["UploadId"]
-            number = len(self._parts) + 1
+            self._upload_id = resp["UploadId"]
+        self._wait_for_part()
+        if self._sender is None:
+            self._sender = ThreadPoolExecutor(max_workers=1, thread_name_prefix="s3-part")
+        self._inflight = self._sender.submit(self._send_part, self._upload_id,
+                                             self._next_part, body)
+        self._next_part += 1
+
+    def _send_part(self, upload_id: str, number: int, body: bytearray) -> dict[str, Any]:
+        with _s3_errors("upload"):
             resp = self._client.upload_part(
-                Bucket=self._bucket,
-                Key=self._key,
-                UploadId=self._upload_id,
-                PartNumber=number,
+                Bucket=self._bucket, Key=self._key, UploadId=upload_id, PartNumber=number,
                 Body=body,
             )
-        self._parts.append({"PartNumber": number, "ETag": resp["ETag"]})
+        return {"PartNumber": number, "ETag": resp["ETag"]}
+
+    def _wait_for_part(self) -> None:
+        """Wait for the part in flight, if any; raises its error."""
+        inflight, self._inflight = self._inflight, None
+        if inflight is not None:
+            self._parts.append(inflight.result())
+
+    def _stop_sender(self) -> None:
+        if self._sender is not None:
+            self._sender.shutdown(wait=True)
+            self._sender = None
 
     def _publish(self) -> None:
         assert self.digest is not None  # S3 uploads always name their digest up front
@@ -126,6 +152,8 @@ class S3BlobWriter(HashingWriter):
         else:
             if self._buffer:
                 self._upload_part(self._buffer)
+            self._wait_for_part()
+            self._stop_sender()
             with _s3_errors("upload"):
                 self._client.complete_multipart_upload(
                     Bucket=self._bucket,
@@ -138,6 +166,11 @@ class S3BlobWriter(HashingWriter):
 
     def _discard(self) -> None:
         self._buffer = bytearray()
+        # Let a part in flight finish (its error, if any, is not the one to report) before
+        # the abort, so no part lands after it.
+        with contextlib.suppress(Exception):
+            self._wait_for_part()
+        self._stop_sender()
         upload_id, self._upload_id = self._upload_id, None
         if upload_id is None:
             return

@@ -342,6 +342,25 @@ def test_check_missing_bucket(s3: Any) -> None:
         store.check()
 
 
+def test_s3_part_failing_in_the_background_aborts_the_upload(s3: Any, tmp_path: Path) -> None:
+    """Parts upload on a background thread; one that fails (here: the multipart upload was
+    aborted behind the writer's back, as a bucket lifecycle rule might) fails the commit."""
+    store = S3BlobStore(s3, bucket=BUCKET, prefix=f"t-{uuid.uuid4().hex}", part_bytes=PART)
+    data, digest = blob(3 * PART + 17, seed=9)
+    writer = store.writer(digest)
+    writer.write(data[:PART])  # part 1 starts uploading
+    for upload in s3.list_multipart_uploads(Bucket=BUCKET, Prefix=store.prefix + "/")["Uploads"]:
+        s3.abort_multipart_upload(Bucket=BUCKET, Key=upload["Key"], UploadId=upload["UploadId"])
+    with pytest.raises(StorageError, match="upload failed"):
+        writer.write(data[PART:])  # parts 2 and 3: part 2 meets the aborted upload
+        writer.commit()
+    assert not store.exists(digest)
+    assert leftovers(store) == []
+    # The store still works: the same blob uploads cleanly afterwards.
+    assert store.put_file(digest, write_file(tmp_path, data)) == len(data)
+    assert b"".join(store.iter_chunks(digest)) == data
+
+
 def test_check_unwritable_local_root(tmp_path: Path) -> None:
     (tmp_path / "file").write_bytes(b"")
     store = LocalBlobStore(tmp_path / "file" / "blobs")  # a regular file is in the way
