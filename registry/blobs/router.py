@@ -39,6 +39,9 @@ def head_blob(digest: Digest, session: SessionDep) -> Response:
     return Response(status_code=200, headers=_headers(digest, blob.size))
 
 
+# The largest size a BIGINT column holds; anything larger cannot be stored (422, not a DB error).
+MAX_SIZE = 2**63 - 1
+
 _RANGE = re.compile(r"^bytes=(\d+)-(\d+)$")
 MAX_RANGE = 128 * 1024 * 1024
 
@@ -143,7 +146,7 @@ async def put_blob(digest: Digest, request: Request, ctx: ContextDep) -> Respons
 
 
 @router.get("/sizes/{size}", response_model=BlobSizeOut)
-def blob_size(size: Annotated[int, FPath(ge=0)], session: SessionDep,
+def blob_size(size: Annotated[int, FPath(ge=0, le=MAX_SIZE)], session: SessionDep,
               store: StoreDep) -> BlobSizeOut:
     """Whether any stored blob has exactly ``size`` bytes, and whether this registry accepts
     uploads named by their content (``POST /api/v1/blobs/uploads``). A file whose size no blob

@@ -49,6 +49,8 @@ JUNK_REQUESTS = [
     ("GET", f"/api/v1/blobs/{Z}", None, {"Range": "bytes=0-10"}),
     ("HEAD", "/api/v1/blobs/sha256:abc", None, None),
     ("PUT", "/api/v1/blobs/md5:abc", None, None),
+    ("GET", "/api/v1/blobs/sizes/99999999999999999999", None, None),
+    ("GET", "/api/v1/blobs/sizes/-5", None, None),
     ("DELETE", "/api/v1/adapters", None, None),
 ]
 

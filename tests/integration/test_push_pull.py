@@ -298,7 +298,7 @@ def test_blob_size_query_and_content_named_upload(live_server):
     r = httpx.get(f"{url}/api/v1/blobs/sizes/{len(data)}")
     assert r.status_code == 200
     assert r.json() == {"size": len(data), "stored": False, "upload_without_digest": local_store}
-    for bad in ("-1", "abc"):
+    for bad in ("-1", "abc", str(2**63), "9" * 40):
         r = httpx.get(f"{url}/api/v1/blobs/sizes/{bad}")
         assert r.status_code == 422 and r.json()["error"] == "invalid_input", (bad, r.text)
 
