@@ -32,6 +32,8 @@ class RegistryBackend(Protocol):
     def upload_blob(self, digest: str, path: Path, *, progress: Progress = None) -> None: ...
     def can_upload_unhashed(self, size: int) -> bool: ...
     def upload_new_blob(self, path: Path, *, progress: Progress = None) -> str: ...
+    # Writes the blob's bytes to ``out`` in chunks; a chunk's buffer is not reused before the
+    # write after next, so a sink may keep reading a chunk until its next write returns.
     def download_blob(self, digest: str, out: BinaryIO, *, progress: Progress = None) -> None: ...
     def create_version(self, name: str, body: CreateVersionIn) -> tuple[VersionOut, bool]: ...
     def get_version(self, name: str, version: int | None) -> VersionOut: ...
@@ -204,9 +206,13 @@ class HttpRegistry:
             response = conn.getresponse()
             if response.status != 200:
                 _raise_error(response.status, response.read())
-            buffer = memoryview(bytearray(CHUNK))
-            while n := response.readinto(buffer):
-                out.write(buffer[:n])
+            # Two buffers in turn: a sink may still read a chunk (e.g. hash it on another
+            # thread) until its next write returns (see registry.storage.sink).
+            buffers = (memoryview(bytearray(CHUNK)), memoryview(bytearray(CHUNK)))
+            turn = 0
+            while n := response.readinto(buffers[turn]):
+                out.write(buffers[turn][:n])
+                turn ^= 1
                 if progress:
                     progress(n)
         except (OSError, http.client.HTTPException) as exc:

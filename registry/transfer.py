@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import io
 import os
 import tempfile
 from collections.abc import Callable, Iterator
@@ -35,7 +33,7 @@ from registry.formats import (
 )
 from registry.formats.checkpoint import read_checkpoint
 from registry.storage import sha256_file
-from registry.storage.writeback import Writeback
+from registry.storage.sink import HashingFileSink
 
 # A progress factory: called with (description, total bytes), returns an updater and a closer.
 ProgressFactory = Callable[[str, int], tuple[Callable[[int], None], Callable[[], None]]]
@@ -262,15 +260,15 @@ def pull(
         try:
             with (
                 os.fdopen(fd, "wb", buffering=0) as out,
+                HashingFileSink(out) as sink,
                 progress_bar(progress, f"pull {path}", f.size) as upd,
             ):
-                hasher = _HashingWriter(out)
-                backend.download_blob(f.digest, hasher, progress=upd)  # type: ignore[arg-type]
+                backend.download_blob(f.digest, sink, progress=upd)  # type: ignore[arg-type]
                 os.fsync(out.fileno())
-            got = f"sha256:{hasher.sha.hexdigest()}"
-            if got != f.digest or hasher.size != f.size:
+                got = sink.digest()
+            if got != f.digest or sink.size != f.size:
                 raise DigestMismatch(
-                    f"{path}: downloaded content has digest {got} ({hasher.size} bytes), "
+                    f"{path}: downloaded content has digest {got} ({sink.size} bytes), "
                     f"expected {f.digest} ({f.size} bytes)"
                 )
             os.replace(tmp, target)
@@ -279,24 +277,3 @@ def pull(
             raise
         written.append(path)
     return version, written
-
-
-class _HashingWriter:
-    """A file-like sink over an unbuffered file: hashes what passes through, writes all of it,
-    and starts writeback as it goes (see registry.storage.writeback)."""
-
-    def __init__(self, out: io.FileIO) -> None:
-        self._out = out
-        self._writeback = Writeback(out.fileno())
-        self.sha = hashlib.sha256()
-        self.size = 0
-
-    def write(self, data: bytes | memoryview) -> int:
-        self.sha.update(data)
-        view = memoryview(data)
-        while view:
-            view = view[self._out.write(view) :]
-        n = len(data)
-        self.size += n
-        self._writeback.wrote(n)
-        return n

@@ -7,7 +7,6 @@ server: the registry provides the adapter and base files and records the result.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -21,6 +20,7 @@ from registry.client import RegistryBackend
 from registry.config import Settings
 from registry.errors import DigestMismatch, InvalidInput, SourceUnavailable
 from registry.exports.schemas import DTYPES, CreateExportIn, ExportOut
+from registry.storage.sink import HashingFileSink
 from registry.transfer import ProgressFactory, progress_bar, resolve, upload_missing
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -40,16 +40,10 @@ class ExportResult:
 
 
 def _download(backend: RegistryBackend, digest: str, dest: Path) -> Path:
-    sha = hashlib.sha256()
-    with dest.open("wb") as out:
-
-        class _Sink:
-            def write(self, data: bytes) -> int:
-                sha.update(data)
-                return out.write(data)
-
-        backend.download_blob(digest, _Sink())  # type: ignore[arg-type]
-    if f"sha256:{sha.hexdigest()}" != digest:
+    with dest.open("wb", buffering=0) as out, HashingFileSink(out) as sink:
+        backend.download_blob(digest, sink)  # type: ignore[arg-type]
+        got = sink.digest()
+    if got != digest:
         dest.unlink(missing_ok=True)
         raise DigestMismatch(f"downloaded {dest.name} does not match {digest}")
     return dest
