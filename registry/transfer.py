@@ -260,7 +260,7 @@ def pull(
         try:
             with (
                 os.fdopen(fd, "wb", buffering=0) as out,
-                HashingFileSink(out) as sink,
+                contextlib.closing(HashingFileSink(out)) as sink,
                 progress_bar(progress, f"pull {path}", f.size) as upd,
             ):
                 backend.download_blob(f.digest, sink, progress=upd)  # type: ignore[arg-type]

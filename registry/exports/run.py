@@ -40,7 +40,7 @@ class ExportResult:
 
 
 def _download(backend: RegistryBackend, digest: str, dest: Path) -> Path:
-    with dest.open("wb", buffering=0) as out, HashingFileSink(out) as sink:
+    with dest.open("wb", buffering=0) as out, contextlib.closing(HashingFileSink(out)) as sink:
         backend.download_blob(digest, sink)  # type: ignore[arg-type]
         got = sink.digest()
     if got != digest:

@@ -5,8 +5,6 @@ from __future__ import annotations
 import hashlib
 import io
 from concurrent.futures import Future, ThreadPoolExecutor
-from types import TracebackType
-from typing import Self
 
 from registry.storage.base import format_digest
 from registry.storage.writeback import Writeback
@@ -22,7 +20,7 @@ class HashingFileSink:
     between two buffers without copying. Writeback starts as the file grows
     (registry.storage.writeback); the caller still fsyncs.
 
-    Use as a context manager, or call :meth:`close` (also on errors): it stops the thread.
+    Call :meth:`close` when done, also on errors (``contextlib.closing``): it stops the thread.
     """
 
     def __init__(self, out: io.FileIO) -> None:
@@ -56,14 +54,3 @@ class HashingFileSink:
 
     def close(self) -> None:
         self._hasher.shutdown(wait=True)
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()

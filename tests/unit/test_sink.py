@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from contextlib import closing
 
 import pytest
 
@@ -17,7 +18,7 @@ def test_digest_and_file_match_with_two_buffers_in_turn(tmp_path):
     chunk = 256 * 1024 + 7
     buffers = (bytearray(chunk), bytearray(chunk))
     path = tmp_path / "out.bin"
-    with path.open("wb", buffering=0) as out, HashingFileSink(out) as sink:
+    with path.open("wb", buffering=0) as out, closing(HashingFileSink(out)) as sink:
         turn = 0
         for i in range(0, len(data), chunk):
             piece = data[i : i + chunk]
@@ -31,7 +32,7 @@ def test_digest_and_file_match_with_two_buffers_in_turn(tmp_path):
 
 
 def test_empty_download(tmp_path):
-    with (tmp_path / "e").open("wb", buffering=0) as out, HashingFileSink(out) as sink:
+    with (tmp_path / "e").open("wb", buffering=0) as out, closing(HashingFileSink(out)) as sink:
         assert sink.digest() == "sha256:" + hashlib.sha256(b"").hexdigest()
 
 
