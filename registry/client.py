@@ -7,7 +7,7 @@ embedded registry.
 
 from __future__ import annotations
 
-import hashlib
+import contextlib
 import http.client
 import json
 from collections.abc import Callable, Iterator
@@ -20,6 +20,7 @@ from registry import errors
 from registry.adapters.schemas import AdapterOut, CreateVersionIn, VersionOut
 from registry.base_models.schemas import BaseModelOut, RegisterBaseIn
 from registry.exports.schemas import CreateExportIn, ExportOut
+from registry.storage.sink import BackgroundSha256
 
 Progress = Callable[[int], None] | None
 CHUNK = 1024 * 1024
@@ -177,23 +178,23 @@ class HttpRegistry:
         """Send a file the server names by its content, hashing it on the way out; returns the
         digest after checking that the server computed the same one."""
         size = path.stat().st_size
-        sha = hashlib.sha256()
 
-        def body() -> Iterator[bytes]:
+        def body(sha: BackgroundSha256) -> Iterator[bytes]:
             with path.open("rb") as fh:
                 while chunk := fh.read(CHUNK):
-                    sha.update(chunk)
+                    sha.update(chunk)  # hashed on a helper thread while the chunk is sent
                     if progress:
                         progress(len(chunk))
                     yield chunk
 
-        stored = self._request(
-            "POST",
-            "/api/v1/blobs/uploads",
-            content=body(),
-            headers={"Content-Length": str(size), "Content-Type": "application/octet-stream"},
-        ).json()["digest"]
-        return check_uploaded(path, stored, f"sha256:{sha.hexdigest()}")
+        with contextlib.closing(BackgroundSha256()) as sha:
+            stored = self._request(
+                "POST",
+                "/api/v1/blobs/uploads",
+                content=body(sha),
+                headers={"Content-Length": str(size), "Content-Type": "application/octet-stream"},
+            ).json()["digest"]
+            return check_uploaded(path, stored, f"sha256:{sha.hexdigest()}")
 
     def download_blob(self, digest: str, out: BinaryIO, *, progress: Progress = None) -> None:
         # The standard library's readinto streams several times faster than httpx's iterators

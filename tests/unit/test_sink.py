@@ -1,4 +1,5 @@
-"""registry.storage.sink.HashingFileSink: write now, hash on a helper thread, in order."""
+"""registry.storage.sink: sha256 on a helper thread, in order (BackgroundSha256), and the
+download sink built on it (HashingFileSink: write now, hash behind)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from contextlib import closing
 
 import pytest
 
-from registry.storage.sink import HashingFileSink
+from registry.storage.sink import BackgroundSha256, HashingFileSink
 
 
 def test_digest_and_file_match_with_two_buffers_in_turn(tmp_path):
@@ -45,3 +46,38 @@ def test_a_failing_write_raises_and_close_still_stops_the_thread(tmp_path):
         sink.write(b"y" * 10_000)
     sink.close()
     assert sink.digest() == "sha256:" + hashlib.sha256(b"x" * 10_000).hexdigest()
+
+
+def test_background_sha256_matches_hashlib_over_many_chunks():
+    chunks = [os.urandom(n) for n in (0, 1, 4096, 1 << 20, 3 * (1 << 20) + 5, 17)]
+    with closing(BackgroundSha256()) as sha:
+        for c in chunks:
+            sha.update(c)
+        middle = sha.hexdigest()  # waits, and the stream can go on afterwards
+        sha.update(b"tail")
+        end = sha.hexdigest()
+    assert middle == hashlib.sha256(b"".join(chunks)).hexdigest()
+    assert end == hashlib.sha256(b"".join(chunks) + b"tail").hexdigest()
+
+
+def test_background_sha256_lets_the_caller_refill_a_buffer_two_updates_later():
+    """The contract: after update(b) returns, b may be refilled from the next-but-one update on
+    (update waits for the previous chunk before it queues the next)."""
+    data = os.urandom(4 * 1024 * 1024 + 99)
+    chunk = 300_001
+    buffers = (bytearray(chunk), bytearray(chunk))
+    with closing(BackgroundSha256()) as sha:
+        turn = 0
+        for i in range(0, len(data), chunk):
+            piece = data[i : i + chunk]
+            buffers[turn][: len(piece)] = piece
+            sha.update(memoryview(buffers[turn])[: len(piece)])
+            turn ^= 1
+        assert sha.hexdigest() == hashlib.sha256(data).hexdigest()
+
+
+def test_background_sha256_close_stops_its_thread():
+    sha = BackgroundSha256()
+    sha.update(b"abc")
+    sha.close()
+    assert all(not t.is_alive() for t in sha._hasher._threads)
