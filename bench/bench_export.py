@@ -16,8 +16,9 @@ Targets (issue): our peak RSS <= 30% of PEFT's; our wall time <= 60% of PEFT's a
 plain copy. Peak RSS is the kernel's ru_maxrss of the step's process (wait4); wall time is the
 whole process, interpreter start, imports and exit included (the ours step exits the way the
 CLI does: registry.process.exit_process skips torch's interpreter teardown). Every step starts
-after os.sync() with the base in the page cache (it was just written), and writes its output
-to the same disk; the median of --repeats runs is reported. Both merged outputs are compared
+after os.sync() with the base in the page cache (it was just written) and on freshly recycled
+pages (bench.common.Primer, untimed), and writes its output to the same disk; the median of
+--repeats runs is reported. Both merged outputs are compared
 tensor by tensor (they must agree to fp16 rounding). Results: bench/results/export.json
 (export-small.json for --small).
 """
@@ -37,7 +38,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.common import REPO, base_env, machine_info, mib, run_measured, write_results
+from bench.common import REPO, Primer, base_env, machine_info, mib, run_measured, write_results
 
 RSS_RATIO_TARGET = 0.30
 PEFT_TIME_TARGET = 0.60
@@ -219,21 +220,29 @@ def step_ours(base: Path, adapter: Path, out: Path, max_shard_bytes: int) -> dic
 
 def step_floor(base: Path, out: Path) -> dict[str, Any]:
     """The least an export that reports sha256 digests costs: an in-kernel copy of every file
-    (copy_file_range, as cp does) plus sha256 of the bytes. No merge, no torch."""
+    (copy_file_range, as cp does) plus sha256 of the bytes, one file per core (sha256 releases
+    the GIL). No merge, no torch."""
     import hashlib
     import mmap
+    from concurrent.futures import ThreadPoolExecutor
 
-    t = time.perf_counter()
-    out.mkdir()
-    digests = {}
-    for src in sorted(base.iterdir()):
+    def copy_and_hash(src: Path) -> str:
         n = src.stat().st_size
         with src.open("rb") as f, (out / src.name).open("wb") as g:
             done = 0
             while done < n:
                 done += os.copy_file_range(f.fileno(), g.fileno(), n - done, done, done)
+            if n == 0:
+                return hashlib.sha256().hexdigest()
             with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-                digests[src.name] = hashlib.sha256(mm).hexdigest()
+                return hashlib.sha256(mm).hexdigest()
+
+    t = time.perf_counter()
+    out.mkdir()
+    files = sorted(base.iterdir(), key=lambda p: -p.stat().st_size)  # biggest first
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        digests = dict(zip((f.name for f in files), pool.map(copy_and_hash, files),
+                           strict=True))
     return {"inner_seconds": time.perf_counter() - t, "files": len(digests)}
 
 
@@ -283,7 +292,8 @@ def _dir_bytes(directory: Path) -> int:
     return sum(p.stat().st_size for p in directory.rglob("*") if p.is_file())
 
 
-def _measure(argv: list[str], out: Path) -> dict[str, Any]:
+def _measure(argv: list[str], out: Path, prime: Primer) -> dict[str, Any]:
+    prime()
     os.sync()
     m = run_measured(argv, env=base_env(), cwd=REPO, timeout=3600).check()
     info: dict[str, Any] = {"seconds": round(m.seconds, 3), "peak_rss_bytes": m.peak_rss,
@@ -295,7 +305,8 @@ def _measure(argv: list[str], out: Path) -> dict[str, Any]:
     return info
 
 
-def run(*, small: bool, repeats: int, workdir: Path | None, keep: bool) -> dict[str, Any]:
+def run(*, small: bool, repeats: int, workdir: Path | None, keep: bool, prime_copies: int = 2
+        ) -> dict[str, Any]:
     shape = SMALL if small else FULL
     work = Path(tempfile.mkdtemp(prefix="bench-export-", dir=workdir))
     base, adapter = work / "base", work / "adapter"
@@ -311,6 +322,10 @@ def run(*, small: bool, repeats: int, workdir: Path | None, keep: bool) -> dict[
         gen_seconds = time.perf_counter() - t
         max_shard = math.ceil(base_bytes / shape.shards) + 64 * 1024 * 1024
         common = ["--base", str(base), "--adapter", str(adapter), "--max-shard", str(max_shard)]
+        # Every step writes a new copy of the base: each starts on freshly recycled pages.
+        shard = max(base.glob("*.safetensors"), key=lambda p: p.stat().st_size)
+        prime = Primer(shard, work / "prime", prime_copies * base_bytes,
+                       enabled=prime_copies > 0)
         runs: dict[str, list[dict[str, Any]]] = {"ours": [], "peft": [], "cp": [], "floor": []}
         comparison: dict[str, float] = {}
         for i in range(repeats):
@@ -318,7 +333,7 @@ def run(*, small: bool, repeats: int, workdir: Path | None, keep: bool) -> dict[
                 out = work / f"out-{step}"
                 argv = (["cp", "-r", str(base), str(out)] if step == "cp"
                         else [*me, "--step", step, *common, "--out", str(out)])
-                runs[step].append(_measure(argv, out))
+                runs[step].append(_measure(argv, out, prime))
                 print(f"[{i + 1}/{repeats}] {step}: {runs[step][-1]['seconds']:.2f}s, "
                       f"peak RSS {runs[step][-1]['peak_rss_mib']} MiB", flush=True)
                 if step in ("cp", "floor"):
@@ -360,6 +375,7 @@ def run(*, small: bool, repeats: int, workdir: Path | None, keep: bool) -> dict[
             "adapter": {"peft_type": "LORA", "r": shape.rank, "target_modules": list(LINEAR)},
             "generate_seconds": round(gen_seconds, 2),
             "repeats": repeats,
+            "prime": prime.describe(),
             "median": {
                 "ours": {"seconds": ours_s, "peak_rss_mib": mib(ours_rss)},
                 "peft": {"seconds": peft_s, "peak_rss_mib": mib(peft_rss)},
@@ -387,6 +403,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--workdir", type=Path, default=None, help="where to generate (same disk)")
     p.add_argument("--keep", action="store_true", help="keep the generated files")
+    p.add_argument("--prime-copies", type=int, default=2,
+                   help="before every step write and delete this many times the base's size "
+                        "(untimed; see bench.common.Primer); 0 turns priming off (default 2)")
     p.add_argument("--step", choices=("generate", "ours", "peft", "compare", "floor"),
                    help=argparse.SUPPRESS)
     p.add_argument("--names", nargs="*", help=argparse.SUPPRESS)
@@ -416,7 +435,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.step == "peft":
         print(json.dumps(step_peft(args.base, args.adapter, args.out, args.max_shard)))
         return 0
-    results = run(small=args.small, repeats=args.repeats, workdir=args.workdir, keep=args.keep)
+    results = run(small=args.small, repeats=args.repeats, workdir=args.workdir, keep=args.keep,
+                  prime_copies=args.prime_copies)
     print(json.dumps({"median": results["median"], "ratios": results["ratios"],
                       "max_abs_diff_ours_vs_peft": results["max_abs_diff_ours_vs_peft"]},
                      indent=2))

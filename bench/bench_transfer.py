@@ -37,6 +37,7 @@ from bench.common import (
     S3_ENV,
     SERVER_CMD,
     MiB,
+    Primer,
     RssSampler,
     base_env,
     machine_info,
@@ -68,8 +69,9 @@ def _drop(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-def _cp_once(src: Path, scratch: Path) -> float:
+def _cp_once(src: Path, scratch: Path, prime: Primer) -> float:
     dst = scratch / "cp.bin"
+    prime()
     os.sync()  # every timed phase starts with no dirty pages pending writeback
     t = time.perf_counter()
     subprocess.run(["cp", str(src), str(dst)], check=True)
@@ -78,17 +80,19 @@ def _cp_once(src: Path, scratch: Path) -> float:
     return elapsed
 
 
-def _cp_baseline(src: Path, scratch: Path, repeats: int) -> dict[str, Any]:
+def _cp_baseline(src: Path, scratch: Path, repeats: int, prime: Primer) -> dict[str, Any]:
     """Plain `cp` (what the target is defined against) and `cp` + fsync of the copy (context: the
     registry fsyncs every blob it stores and every file it pulls)."""
     plain, synced = [], []
     for i in range(repeats):
         dst = scratch / f"cp-{i}.bin"
+        prime()
         os.sync()  # every timed phase starts with no dirty pages pending writeback
         t = time.perf_counter()
         subprocess.run(["cp", str(src), str(dst)], check=True)
         plain.append(time.perf_counter() - t)
         dst.unlink()
+        prime()
         os.sync()
         t = time.perf_counter()
         subprocess.run(["cp", str(src), str(dst)], check=True)
@@ -125,7 +129,9 @@ def _cli_overhead(url: str, env: dict[str, str]) -> dict[str, float | None]:
             "peak_rss_mib": mib(max(r.peak_rss for r in runs))}
 
 
-def _phase(server_pid: int, argv: list[str], env: dict[str, str]) -> dict[str, Any]:
+def _phase(server_pid: int, argv: list[str], env: dict[str, str], prime: Primer
+           ) -> dict[str, Any]:
+    prime()
     os.sync()
     reset_ok = reset_hwm(server_pid)
     with RssSampler(server_pid) as sampler:
@@ -143,7 +149,7 @@ def _phase(server_pid: int, argv: list[str], env: dict[str, str]) -> dict[str, A
 
 
 def _round(store: str, *, src: Path, work: Path, s3_part_mib: int | None,
-           with_overhead: bool) -> dict[str, Any]:
+           with_overhead: bool, prime: Primer) -> dict[str, Any]:
     """One push + pull against a fresh server (and, for S3, a fresh moto), so the push uploads."""
     home = work / "server-home"
     client_env = base_env(REGISTRY_HOME=str(work / "client-home"))
@@ -166,10 +172,10 @@ def _round(store: str, *, src: Path, work: Path, s3_part_mib: int | None,
             if with_overhead:
                 result["cli_overhead"] = _cli_overhead(server.url, client_env)
             result["push"] = _phase(server.pid, [CLI, "--url", server.url, "--json", "push",
-                                                 ADAPTER, str(src)], client_env)
+                                                 ADAPTER, str(src)], client_env, prime)
             out = work / "pulled"
             result["pull"] = _phase(server.pid, [CLI, "--url", server.url, "--json", "pull",
-                                                 f"{ADAPTER}:1", str(out)], client_env)
+                                                 f"{ADAPTER}:1", str(out)], client_env, prime)
             result["pulled_identical"] = subprocess.run(
                 ["cmp", "-s", str(src / "adapter_model.safetensors"),
                  str(out / "adapter_model.safetensors")]).returncode == 0
@@ -187,15 +193,15 @@ def _round(store: str, *, src: Path, work: Path, s3_part_mib: int | None,
 
 
 def _run_store(store: str, *, src: Path, root: Path, size: int, s3_part_mib: int | None,
-               repeats: int, cp_times: list[float]) -> dict[str, Any]:
+               repeats: int, cp_times: list[float], prime: Primer) -> dict[str, Any]:
     """``repeats`` rounds; throughput from the fastest push and the fastest pull (the machine is
     shared, so the minimum is the least disturbed), memory from the highest peaks (worst case).
     A plain cp is timed before each round too, so the cp baseline spans the same period."""
     rounds = []
     for i in range(repeats):
-        cp_times.append(_cp_once(src / "adapter_model.safetensors", root))
+        cp_times.append(_cp_once(src / "adapter_model.safetensors", root, prime))
         r = _round(store, src=src, work=root / f"{store}-{i}", s3_part_mib=s3_part_mib,
-                   with_overhead=(i == 0))
+                   with_overhead=(i == 0), prime=prime)
         rounds.append(r)
         print(f"[{store}] round {i + 1}/{repeats}: push {r['push']['seconds']:.2f}s "
               f"pull {r['pull']['seconds']:.2f}s", file=sys.stderr)
@@ -238,7 +244,7 @@ def _run_store(store: str, *, src: Path, root: Path, size: int, s3_part_mib: int
 
 def run(size_mib: int = 1024, stores: list[str] | None = None, workdir: Path | None = None,
         cp_repeats: int = 3, s3_part_mib: int | None = None, results_name: str | None = None,
-        repeats: int = 2) -> dict[str, Any]:
+        repeats: int = 2, prime_copies: int = 2) -> dict[str, Any]:
     stores = stores or ["local", "s3"]
     load_at_start = [round(x, 2) for x in os.getloadavg()]
     root = Path(tempfile.mkdtemp(prefix="adapter-registry-bench-", dir=workdir))
@@ -259,7 +265,9 @@ def run(size_mib: int = 1024, stores: list[str] | None = None, workdir: Path | N
 
         print(f"adapter: {file_size / MiB:.1f} MiB safetensors ({shape.layers} layers, "
               f"r={shape.r}, hidden={shape.hidden}, {shape.dtype}) in {root}", file=sys.stderr)
-        baselines = _cp_baseline(src / "adapter_model.safetensors", root, cp_repeats)
+        prime = Primer(src / "adapter_model.safetensors", root / "prime",
+                       prime_copies * file_size, enabled=prime_copies > 0)
+        baselines = _cp_baseline(src / "adapter_model.safetensors", root, cp_repeats, prime)
         baselines["sha256_seconds"] = round(_hash_baseline(src / "adapter_model.safetensors"), 4)
         baselines["sha256_mib_s"] = round(file_size / MiB / baselines["sha256_seconds"], 1)
         print(f"cp: {baselines['cp_seconds_median']:.3f}s; cp+fsync: "
@@ -272,7 +280,7 @@ def run(size_mib: int = 1024, stores: list[str] | None = None, workdir: Path | N
             print(f"[{store}] push + pull ...", file=sys.stderr)
             results[store] = _run_store(store, src=src, root=root, size=file_size,
                                         s3_part_mib=s3_part_mib, repeats=repeats,
-                                        cp_times=cp_times)
+                                        cp_times=cp_times, prime=prime)
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
@@ -313,6 +321,7 @@ def run(size_mib: int = 1024, stores: list[str] | None = None, workdir: Path | N
             "cp_repeats": cp_repeats,
             "repeats": repeats,
             "s3_part_mib": s3_part_mib,
+            "prime": prime.describe(),
             "build_seconds": round(build_s, 3),
             "rss_limit_mib": RSS_LIMIT // MiB,
             "ratio_target": RATIO_TARGET,
@@ -347,10 +356,13 @@ def main(argv: list[str] | None = None) -> int:
                    help="REGISTRY_S3_PART_BYTES for the server, in MiB (default: the server's)")
     p.add_argument("--results-name", default=None,
                    help="results file name without .json (default transfer_<size>mib)")
+    p.add_argument("--prime-copies", type=int, default=2,
+                   help="before every timed phase write and delete this many copies of the file "
+                        "(untimed; see bench.common.Primer); 0 turns priming off (default 2)")
     args = p.parse_args(argv)
     data = run(args.size_mib, [s.strip() for s in args.stores.split(",") if s.strip()],
                args.workdir, args.cp_repeats, args.s3_part_mib, args.results_name,
-               args.repeats)
+               args.repeats, args.prime_copies)
     for name, ok in data["targets"].items():
         print(f"{'PASS' if ok else 'FAIL'}  {name}")
     return 0 if data["pass"] else 1

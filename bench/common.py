@@ -452,6 +452,50 @@ def write_lora_adapter(directory: Path, shape: LoraShape, *, chunk_bytes: int = 
 # --- results ------------------------------------------------------------------------------------
 
 
+@dataclass
+class Primer:
+    """Gives every timed phase the same memory conditions: freshly recycled pages.
+
+    On a VM that returns free guest memory to the host (free page reporting, as on the
+    benchmark machine), the first write to a page the host took back costs a host page fault:
+    about 2 s of system time per GiB of new page cache, against 0.2 s on a page freed a moment
+    earlier. A ``cp`` right after another ``cp`` whose copy was deleted always gets recycled
+    pages; a pull, which writes a new file while the pushed blob and the source still exist,
+    got them or not depending on what ran before (pulls of 1 GiB took 1.0 s or 2.5 s with
+    nothing else changed). Before each timed phase, baselines included, the primer copies
+    ``src`` into ``scratch`` until ``nbytes`` are written and deletes the copies (untimed), so
+    every phase writes onto pages touched a moment earlier. ``enabled=False`` skips it (the
+    numbers then depend on the machine's recent history).
+    """
+
+    src: Path
+    scratch: Path
+    nbytes: int
+    enabled: bool = True
+    seconds: list[float] = field(default_factory=list)
+
+    def __call__(self) -> None:
+        if not self.enabled:
+            return
+        t = time.perf_counter()
+        self.scratch.mkdir(parents=True, exist_ok=True)
+        copies: list[Path] = []
+        written = 0
+        while written < self.nbytes:
+            dst = self.scratch / f".prime-{len(copies)}"
+            subprocess.run(["cp", str(self.src), str(dst)], check=True)
+            copies.append(dst)
+            written += dst.stat().st_size
+        for dst in copies:
+            dst.unlink()
+        os.sync()
+        self.seconds.append(round(time.perf_counter() - t, 3))
+
+    def describe(self) -> dict[str, Any]:
+        return {"enabled": self.enabled, "bytes_per_phase": self.nbytes if self.enabled else 0,
+                "seconds": self.seconds}
+
+
 def machine_info() -> dict[str, Any]:
     vm = psutil.virtual_memory()
     disk = psutil.disk_usage(str(REPO))
