@@ -1,4 +1,4 @@
-"""Adapter commands: push, pull, list, show."""
+"""Adapter commands: push, pull, list, show, lineage."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import click
 
 from cli.output import CliState, fail, pass_state
 from registry.adapters.refs import parse_ref
-from registry.adapters.schemas import VersionOut
+from registry.adapters.schemas import LineageNodeOut, LineageOut, VersionOut
 
 
 def _parse_meta(pairs: tuple[str, ...]) -> dict[str, str]:
@@ -158,6 +158,14 @@ def _describe(v: VersionOut) -> None:
     click.echo(f"  files ({v.total_size} bytes, {v.tensor_count} tensors):")
     for f in v.files:
         click.echo(f"    {f.path}\t{f.size}\t{f.digest}")
+    if v.exports:
+        click.echo("  exports (merged checkpoints):")
+        for e in v.exports:
+            click.echo(f"    {_export_line(e)}")
+
+
+def _export_line(e: dict) -> str:
+    return f"{e['base']}@{e['base_revision']}\t{e['dtype']}\t{e['total_size']} bytes"
 
 
 @click.command()
@@ -169,3 +177,49 @@ def show(state: CliState, ref: str) -> None:
 
     version = resolve(state.backend(), ref)
     state.emit(version.model_dump(mode="json"), lambda: _describe(version))
+
+
+def _lineage_line(node: LineageNodeOut, relation: str) -> None:
+    base = f"  base={node.base_model}" if node.base_model else ""
+    click.echo(f"{'  ' * node.depth}{node.ref}  [{node.status}]  {node.peft_type}{base}  "
+               f"{relation}  {node.created_at:%Y-%m-%d %H:%M}")
+    for e in node.exports:
+        click.echo(f"{'  ' * node.depth}  export: {_export_line(e)}")
+
+
+def _describe_lineage(lin: LineageOut) -> None:
+    click.echo("ancestors:" if lin.ancestors else "ancestors: none (a root version)")
+    for node in reversed(lin.ancestors):  # the root first, down to the parent
+        _lineage_line(node.model_copy(update={"depth": 1}),
+                      "parent" if node.depth == 1 else f"{node.depth} generations up")
+    click.echo("version:")
+    _lineage_line(lin.version.model_copy(update={"depth": 1}), "(this one)")
+    click.echo("descendants:" if lin.descendants else "descendants: none")
+    # Listed breadth-first; printed as a tree: each version under its parent.
+    children: dict[str, list[LineageNodeOut]] = {}
+    for node in lin.descendants:
+        if node.parent is not None:
+            children.setdefault(f"{node.parent.name}:{node.parent.version}", []).append(node)
+
+    stack = list(reversed(children.get(lin.ref, [])))
+    while stack:  # depth-first, without recursion (a chain may be 1,000 versions long)
+        node = stack.pop()
+        assert node.parent is not None
+        _lineage_line(node, f"child of {node.parent.name}:{node.parent.version}")
+        stack.extend(reversed(children.get(node.ref, [])))
+    if lin.truncated:
+        click.echo(f"(truncated: more versions than the {len(lin.descendants)} listed)")
+
+
+@click.command()
+@click.argument("ref")
+@pass_state
+def lineage(state: CliState, ref: str) -> None:
+    """Where REF comes from (its parents) and what came of it (versions pushed with it, or
+    one of them, as --parent, in any adapter), with every merged export of each."""
+    from registry.transfer import resolve
+
+    backend = state.backend()
+    version = resolve(backend, ref)
+    result = backend.lineage(version.name, version.version)
+    state.emit(result.model_dump(mode="json"), lambda: _describe_lineage(result))

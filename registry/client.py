@@ -18,7 +18,7 @@ from typing import Any, BinaryIO, NoReturn, Protocol
 import httpx
 
 from registry import errors
-from registry.adapters.schemas import AdapterOut, CreateVersionIn, VersionOut
+from registry.adapters.schemas import AdapterOut, CreateVersionIn, LineageOut, VersionOut
 from registry.base_models.schemas import BaseModelOut, RegisterBaseIn
 from registry.exports.schemas import CreateExportIn, ExportOut
 from registry.storage.sink import BackgroundSha256
@@ -41,6 +41,7 @@ class RegistryBackend(Protocol):
     def get_version(self, name: str, version: int | None) -> VersionOut: ...
     def list_adapters(self) -> list[AdapterOut]: ...
     def list_versions(self, name: str) -> list[VersionOut]: ...
+    def lineage(self, name: str, version: int) -> LineageOut: ...
     def gc(self, *, grace_seconds: int | None, dry_run: bool) -> dict[str, Any]: ...
     def register_base(self, body: RegisterBaseIn) -> tuple[BaseModelOut, bool]: ...
     def get_base(self, name: str, revision: str | None = None) -> BaseModelOut: ...
@@ -249,6 +250,10 @@ class HttpRegistry:
     def list_versions(self, name: str) -> list[VersionOut]:
         response = self._request("GET", f"/api/v1/adapters/{name}/versions")
         return [VersionOut.model_validate(v) for v in response.json()]
+
+    def lineage(self, name: str, version: int) -> LineageOut:
+        response = self._request("GET", f"/api/v1/adapters/{name}/versions/{version}/lineage")
+        return LineageOut.model_validate(response.json())
 
     def gc(self, *, grace_seconds: int | None, dry_run: bool) -> dict[str, Any]:
         response = self._request(

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from registry.adapters import service as adapters
-from registry.adapters.schemas import AdapterOut, CreateVersionIn, VersionOut
+from registry.adapters.schemas import AdapterOut, CreateVersionIn, LineageOut, VersionOut
 from registry.base_models import service as bases
 from registry.base_models.schemas import BaseModelOut, RegisterBaseIn
 from registry.blobs import service as blobs
@@ -92,6 +92,10 @@ class LocalRegistry:
     def list_versions(self, name: str) -> list[VersionOut]:
         with session_scope(self.ctx.sessions) as session:
             return [adapters.to_out(v) for v in adapters.list_versions(session, name=name)]
+
+    def lineage(self, name: str, version: int) -> LineageOut:
+        with session_scope(self.ctx.sessions) as session:
+            return adapters.lineage(session, name=name, version=version)
 
     def gc(self, *, grace_seconds: int | None, dry_run: bool) -> dict[str, Any]:
         grace = self.ctx.settings.gc_grace_seconds if grace_seconds is None else grace_seconds

@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Response
 
 from registry.adapters import service
-from registry.adapters.schemas import AdapterOut, CreateVersionIn, VersionOut
+from registry.adapters.schemas import AdapterOut, CreateVersionIn, LineageOut, VersionOut
 from registry.api.deps import AdapterName, SessionDep, SettingsDep, StoreDep, VersionNumber
 
 router = APIRouter(prefix="/api/v1/adapters", tags=["adapters"])
@@ -55,6 +55,13 @@ def version_tensors(
     name: AdapterName, version: VersionNumber, session: SessionDep
 ) -> dict[str, Any]:
     return service.tensor_manifest(session, name=name, version=version)
+
+
+@router.get("/{name:path}/versions/{version}/lineage", response_model=LineageOut)
+def version_lineage(name: AdapterName, version: VersionNumber, session: SessionDep) -> LineageOut:
+    """Ancestors (parent first), descendants (breadth-first, forks in other adapters included)
+    and every merged export of each; at most 1,000 versions per direction."""
+    return service.lineage(session, name=name, version=version)
 
 
 @router.get("/{name:path}/versions/{version}", response_model=VersionOut)

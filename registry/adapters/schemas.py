@@ -54,6 +54,35 @@ class VersionOut(BaseModel):
     )
 
 
+class LineageNodeOut(BaseModel):
+    """One version in a lineage: who it is, whose child, and its merged exports."""
+
+    name: str
+    version: int
+    ref: str
+    status: str
+    peft_type: str
+    base_model: str | None
+    parent: VersionRefOut | None
+    depth: int = Field(description="steps from the version asked about (0: itself)")
+    created_at: datetime
+    exports: list[dict[str, Any]] = Field(
+        default_factory=list, description="merged checkpoints recorded for this version"
+    )
+
+
+class LineageOut(BaseModel):
+    """Where a version comes from and what came of it (``lineage REF --json``)."""
+
+    ref: str
+    version: LineageNodeOut
+    ancestors: list[LineageNodeOut] = Field(description="parent first, then its parent, ...")
+    descendants: list[LineageNodeOut] = Field(
+        description="children first, then grandchildren, ...; oldest first within a generation"
+    )
+    truncated: bool = Field(description="true when the lineage had more versions than listed")
+
+
 class AdapterOut(BaseModel):
     name: str
     description: str | None

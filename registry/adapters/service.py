@@ -15,6 +15,8 @@ from registry.adapters.schemas import (
     AdapterOut,
     CreateVersionIn,
     FileOut,
+    LineageNodeOut,
+    LineageOut,
     VersionOut,
     VersionRefOut,
 )
@@ -339,12 +341,90 @@ def to_out(v: AdapterVersion) -> VersionOut:
         files=[FileOut(path=f.path, digest=f.blob.digest, size=f.blob.size) for f in v.files],
         adapter_config=v.adapter_config,
         compatibility=_linked_verdict(v),
-        exports=[
-            {"base": e.base_model.name, "base_revision": e.base_model.revision,
-             "dtype": e.dtype, "total_size": e.total_size}
-            for e in sorted(v.exports, key=lambda e: e.id)
-        ],
+        exports=_exports(v),
     )
+
+
+def _exports(v: AdapterVersion) -> list[dict[str, object]]:
+    return [
+        {"base": e.base_model.name, "base_revision": e.base_model.revision,
+         "dtype": e.dtype, "total_size": e.total_size}
+        for e in sorted(v.exports, key=lambda e: e.id)
+    ]
+
+
+MAX_LINEAGE = 1000  # versions listed per direction
+_IN_CHUNK = 500  # ids per IN (...) list
+
+
+def _lineage_query():  # type: ignore[no-untyped-def]
+    return select(AdapterVersion).options(
+        selectinload(AdapterVersion.adapter),
+        selectinload(AdapterVersion.base_model),
+        selectinload(AdapterVersion.parent).selectinload(AdapterVersion.adapter),
+        selectinload(AdapterVersion.exports).selectinload(Export.base_model),
+    )
+
+
+def _node(v: AdapterVersion, depth: int) -> LineageNodeOut:
+    return LineageNodeOut(
+        name=v.adapter.name,
+        version=v.version,
+        ref=f"{v.adapter.name}:{v.version}",
+        status=v.status.value,
+        peft_type=v.peft_type,
+        base_model=v.base_model.name if v.base_model else None,
+        parent=(VersionRefOut(name=v.parent.adapter.name, version=v.parent.version)
+                if v.parent else None),
+        depth=depth,
+        created_at=v.created_at,
+        exports=_exports(v),
+    )
+
+
+def lineage(session: Session, *, name: str, version: int | None,
+            limit: int = MAX_LINEAGE) -> LineageOut:
+    """Where ``name:version`` comes from and what came of it, with every merged export.
+
+    Ancestors follow ``parent`` up to the root. Descendants are the versions that name this one
+    as their parent, then theirs, breadth-first, in any adapter (a version may name any other
+    as its parent: a fork). At most ``limit`` versions per direction (``truncated`` says so).
+
+    Raises:
+        AdapterNotFound, VersionNotFound.
+    """
+    v = get_version(session, name=name, version=version)
+    seen = {v.id}
+    ancestors: list[LineageNodeOut] = []
+    truncated = False
+    parent_id = v.parent_id
+    while parent_id is not None and parent_id not in seen:
+        if len(ancestors) == limit:
+            truncated = True
+            break
+        p = session.scalars(_lineage_query().where(AdapterVersion.id == parent_id)).one()
+        seen.add(p.id)
+        ancestors.append(_node(p, len(ancestors) + 1))
+        parent_id = p.parent_id
+
+    descendants: list[LineageNodeOut] = []
+    frontier, depth = [v.id], 0
+    while frontier and not truncated:
+        depth += 1
+        children: list[AdapterVersion] = []
+        for i in range(0, len(frontier), _IN_CHUNK):
+            children.extend(session.scalars(
+                _lineage_query().where(AdapterVersion.parent_id.in_(frontier[i:i + _IN_CHUNK]))
+            ))
+        children = sorted((c for c in children if c.id not in seen),
+                          key=lambda c: (c.created_at, c.id))
+        if len(descendants) + len(children) > limit:
+            children, truncated = children[: limit - len(descendants)], True
+        seen.update(c.id for c in children)
+        descendants.extend(_node(c, depth) for c in children)
+        frontier = [c.id for c in children]
+    return LineageOut(ref=f"{v.adapter.name}:{v.version}", version=_node(v, 0),
+                      ancestors=ancestors, descendants=descendants, truncated=truncated)
 
 
 def _linked_verdict(v: AdapterVersion) -> dict[str, object] | None:

@@ -132,6 +132,9 @@ def _pickle_dir(tmp_path: Path, adapters_dir) -> Path:
     (["pull", "ghost:1", "{tmp}/x"], 3, "no adapter 'ghost'"),
     (["show", "Bad Name"], 1, "invalid reference"),
     (["show", "bot:zero"], 1, "invalid version"),
+    (["lineage", "ghost:1"], 3, "no adapter 'ghost'"),
+    (["lineage", "Bad Name"], 1, "invalid reference"),
+    (["lineage", "bot@production"], 1, "aliases are not supported"),
     (["push", "bot", "{tmp}/does-not-exist"], 1, "not a directory"),
     (["push", "Bad_Name", "{lora}"], 1, "invalid adapter name"),
     (["push", "bot", "{lora}", "--meta", "novalue"], 1, "key=value"),
@@ -149,6 +152,33 @@ def test_cli_errors_are_one_line(home, adapters_dir, tmp_path, args, code, fragm
     assert_one_line_error(exit_code, err, code=code, fragment=fragment)
     if argv[0] == "push":
         assert run("--json", "list")[1] == []
+
+
+def test_lineage_command_embedded_and_over_http(home, adapters_dir, live_server):
+    for url in ([], ["--url", live_server.url]):
+        assert run(*url, "push", "bot", str(adapters_dir["lora"]))[0] == 0
+        assert run(*url, "push", "bot", str(adapters_dir["lora_v2"]), "--parent", "bot:1")[0] == 0
+        assert run(*url, "push", "fork", str(adapters_dir["ia3"]), "--parent", "bot:2")[0] == 0
+        assert run(*url, "push", "bot", str(adapters_dir["dora"]), "--parent", "bot:1")[0] == 0
+
+        code, out, err = run(*url, "--json", "lineage", "bot:1")
+        assert code == 0, err
+        assert out["ref"] == "bot:1" and out["ancestors"] == [] and not out["truncated"]
+        assert [(n["ref"], n["depth"]) for n in out["descendants"]] == [
+            ("bot:2", 1), ("bot:3", 1), ("fork:1", 2)]
+        code, out, _ = run(*url, "lineage", "fork", "--json")  # NAME: the latest version
+        assert [n["ref"] for n in out["ancestors"]] == ["bot:2", "bot:1"]
+
+        code, text, _ = run(*url, "lineage", "bot:1")
+        assert code == 0
+        lines = [line.strip() for line in text.splitlines()]
+        assert lines[0] == "ancestors: none (a root version)"
+        # Printed as a tree: fork:1 right under its parent bot:2, then bot:3.
+        order = [line.split()[0] for line in lines if line.startswith(("bot:", "fork:"))]
+        assert order == ["bot:1", "bot:2", "fork:1", "bot:3"]
+        assert any(line.startswith("fork:1") and "child of bot:2" in line for line in lines)
+        code, _, err = run(*url, "lineage", "bot:9")
+        assert_one_line_error(code, err, code=3, fragment="no version bot:9")
 
 
 def test_console_script_unreachable_server_is_one_line(tmp_path):

@@ -126,6 +126,13 @@ def test_export_cli(home_with_registry, tmp_path):
                             "tiny-llama")
     assert code == 0, err
     assert read_dir(tmp_path / "p") == read_dir(tmp_path / "m")
+    # The recorded export is listed with the version and in its lineage.
+    code, text, _ = run("show", "bot:1")
+    assert code == 0 and "exports (merged checkpoints):" in text
+    export_lines = [line for line in text.splitlines() if line.strip().startswith("tiny-llama@")]
+    assert len(export_lines) == 1 and "float32" in export_lines[0]
+    code, text, _ = run("lineage", "bot:1")
+    assert code == 0 and "export: tiny-llama@" in text
     code, _, err = run("export", "bot:1", "--base", "tiny-llama", "--out", str(tmp_path / "m"))
     assert code == 1 and "--force" in err and err.count("\n") == 1
     code, _, err = run("pull", "bot:1", str(tmp_path / "q"), "--export-base", "other")
