@@ -138,6 +138,8 @@ def main() -> None:
         merged = ROOT / "merged"
         cli("--url", url, "export", "support-bot:1", "--base", "tiny-llama", "--out",
             str(merged), "--upload", "--max-shard-size", "200KB", env=env)
+        print("the export is listed in the lineage (v2 was pushed with --parent support-bot:1):")
+        cli("--url", url, "lineage", "support-bot:1", env=env)
 
         say("9. A bad push is refused with one line, and nothing is stored")
         bad = ROOT / "bad-adapter"
