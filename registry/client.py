@@ -211,6 +211,7 @@ class HttpRegistry:
         url = httpx.URL(f"{self.url}/api/v1/blobs/{digest}")
         cls = http.client.HTTPSConnection if url.scheme == "https" else http.client.HTTPConnection
         conn = cls(url.host, url.port, timeout=self._timeout)
+        write_error: OSError | None = None
         try:
             conn.request("GET", url.raw_path.decode("ascii"), headers=self._headers)
             response = conn.getresponse()
@@ -221,7 +222,11 @@ class HttpRegistry:
             buffers = (memoryview(bytearray(CHUNK)), memoryview(bytearray(CHUNK)))
             turn = 0
             while n := response.readinto(buffers[turn]):
-                out.write(buffers[turn][:n])
+                try:
+                    out.write(buffers[turn][:n])
+                except OSError as exc:  # the local disk (full, read-only): not the registry
+                    write_error = exc
+                    break
                 turn ^= 1
                 if progress:
                     progress(n)
@@ -231,6 +236,8 @@ class HttpRegistry:
             ) from None
         finally:
             conn.close()
+        if write_error is not None:
+            raise write_error
 
     def create_version(self, name: str, body: CreateVersionIn) -> tuple[VersionOut, bool]:
         response = self._request(

@@ -272,8 +272,12 @@ def pull(
                     f"expected {f.digest} ({f.size} bytes)"
                 )
             os.replace(tmp, target)
-        except BaseException:
+        except BaseException as exc:
             tmp.unlink(missing_ok=True)
+            if isinstance(exc, OSError) and exc.filename is None:
+                # A write through a descriptor (a full disk, a quota) names no file.
+                raise OSError(exc.errno, f"pull failed: {exc.strerror or exc}",
+                              str(target)) from exc
             raise
         written.append(path)
     return version, written

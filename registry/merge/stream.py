@@ -146,10 +146,14 @@ def merge_to_dir(
         copy_files(base, plan.copied, writer, tmp, plan.config, plan.new_config)
         exported = writer.finish()
         _move_into_place(tmp, out_dir, force)
-    except BaseException:
+    except BaseException as exc:
         writer.abort()
         sources.close(drain=False)
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, OSError) and exc.filename is None:
+            # A write through a descriptor (a full disk, a quota) names no file: say which
+            # export failed, so the one-line error is not just "[Errno 28] No space left".
+            raise OSError(exc.errno, f"export failed: {exc.strerror or exc}", str(out_dir)) from exc
         raise
     return MergeResult(
         files=sorted(exported, key=lambda f: f.path),

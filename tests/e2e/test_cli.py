@@ -270,3 +270,40 @@ def test_embedded_push_of_a_big_new_file(home, tmp_path):
     assert read_dir(tmp_path / "out") == read_dir(src)
     blobs = [p for p in (home / "blobs" / "sha256").rglob("*") if p.is_file()]
     assert len(blobs) == 2  # config + weights, each stored once
+
+
+def _pull_onto_a_full_disk(url: list[str], home: Path, tmp_path: Path) -> None:
+    """A local write that fails mid-pull (a file size limit, as on a full disk) is reported as
+    what it is, a local write failure naming the file (exit 1), not as an unreachable registry,
+    and no file or temporary file is left behind."""
+    import resource
+    import signal
+
+    from tests.integration.helpers import big_lora_dir
+
+    src = big_lora_dir(tmp_path / "big", seed=11)
+    assert run(*url, "push", "big", str(src))[0] == 0
+    limit = 1024 * 1024  # the weights file is 10.5 MB; the database files stay far below
+
+    def limited() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    dest = tmp_path / "pulled"
+    exe = Path(sys.executable).with_name("adapter-registry")
+    proc = subprocess.run([str(exe), *url, "pull", "big:1", str(dest)], capture_output=True,
+                          text=True, timeout=120, preexec_fn=limited,
+                          env={**os.environ, "REGISTRY_HOME": str(home)})
+    target = dest / "adapter_model.safetensors"
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr == f"error: pull failed: File too large: {target}\n"
+    assert not target.exists()
+    assert not [p for p in dest.iterdir() if p.name.endswith(".partial")]
+
+
+def test_embedded_pull_onto_a_full_disk(home, tmp_path):
+    _pull_onto_a_full_disk([], home, tmp_path)
+
+
+def test_pull_over_http_onto_a_full_disk(home, tmp_path, live_server):
+    _pull_onto_a_full_disk(["--url", live_server.url], home, tmp_path)

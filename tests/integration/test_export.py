@@ -167,3 +167,44 @@ def home_with_registry(tmp_path, monkeypatch, base_dirs, adapters_dir):
     assert run("base", "register", "tiny-llama", str(base_dirs["llama"]))[0] == 0
     assert run("push", "bot", str(adapters_dir["lora"]), "--base", "tiny-llama")[0] == 0
     return run, Path(tmp_path / "home")
+
+
+def _file_size_limit(limit: int):  # type: ignore[no-untyped-def]
+    """preexec_fn: writes past ``limit`` bytes of any file fail with EFBIG, the way a full disk
+    fails a write (the signal the kernel would send instead is ignored)."""
+    import resource
+    import signal
+
+    def apply() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return apply
+
+
+def test_export_that_cannot_write_leaves_nothing_and_records_nothing(home_with_registry,
+                                                                      tmp_path, base_dirs):
+    """A write that fails mid-export (here: a file size limit, as on a full disk): one line,
+    non-zero exit, no output directory, no temporary directory left, no export recorded."""
+    run, home = home_with_registry
+    shard = max(p.stat().st_size for p in base_dirs["llama"].glob("*.safetensors"))
+    exe = Path(sys.executable).with_name("adapter-registry")
+    env = {**os.environ, "REGISTRY_HOME": str(home)}
+    out = tmp_path / "exports" / "merged"
+    out.parent.mkdir()
+    proc = subprocess.run(
+        [str(exe), "export", "bot:1", "--base", "tiny-llama", "--out", str(out), "--upload"],
+        capture_output=True, text=True, env=env, timeout=300,
+        preexec_fn=_file_size_limit(shard // 2),
+    )
+    assert proc.returncode != 0 and proc.stdout == ""
+    assert proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr == f"error: export failed: File too large: {out}\n"
+    assert list(out.parent.iterdir()) == []  # neither the output nor a .partial directory
+    code, version, _ = run("--json", "show", "bot:1")
+    assert code == 0 and version["exports"] == []
+    # With room to write, the same export goes through and is recorded.
+    code, _, err = run("export", "bot:1", "--base", "tiny-llama", "--out", str(out), "--upload")
+    assert code == 0, err
+    assert run("--json", "show", "bot:1")[1]["exports"]
