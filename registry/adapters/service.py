@@ -324,11 +324,7 @@ def to_out(v: AdapterVersion) -> VersionOut:
         base_model=v.base_model.name if v.base_model else None,
         base_model_revision=v.base_model.revision if v.base_model else None,
         declared_base_model=v.declared_base_model,
-        parent=(
-            VersionRefOut(name=v.parent.adapter.name, version=v.parent.version)
-            if v.parent
-            else None
-        ),
+        parent=_parent_ref(v),
         metadata=v.meta,
         git_commit=v.git_commit,
         ci_run_url=v.ci_run_url,
@@ -343,6 +339,10 @@ def to_out(v: AdapterVersion) -> VersionOut:
         compatibility=_linked_verdict(v),
         exports=_exports(v),
     )
+
+
+def _parent_ref(v: AdapterVersion) -> VersionRefOut | None:
+    return VersionRefOut(name=v.parent.adapter.name, version=v.parent.version) if v.parent else None
 
 
 def _exports(v: AdapterVersion) -> list[dict[str, object]]:
@@ -374,8 +374,7 @@ def _node(v: AdapterVersion, depth: int) -> LineageNodeOut:
         status=v.status.value,
         peft_type=v.peft_type,
         base_model=v.base_model.name if v.base_model else None,
-        parent=(VersionRefOut(name=v.parent.adapter.name, version=v.parent.version)
-                if v.parent else None),
+        parent=_parent_ref(v),
         depth=depth,
         created_at=v.created_at,
         exports=_exports(v),

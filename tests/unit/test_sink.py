@@ -12,20 +12,25 @@ import pytest
 from registry.storage.sink import BackgroundSha256, HashingFileSink
 
 
+def _feed_two_buffers_in_turn(data: bytes, chunk: int, consume) -> None:  # type: ignore[no-untyped-def]
+    """Pass ``data`` to ``consume`` chunk by chunk through two buffers that alternate, each
+    refilled right after the call that follows its own (a downloader's pattern)."""
+    buffers = (bytearray(chunk), bytearray(chunk))
+    turn = 0
+    for i in range(0, len(data), chunk):
+        piece = data[i : i + chunk]
+        buffers[turn][: len(piece)] = piece
+        consume(memoryview(buffers[turn])[: len(piece)])
+        turn ^= 1
+
+
 def test_digest_and_file_match_with_two_buffers_in_turn(tmp_path):
     """The downloader's pattern: two buffers alternate, each refilled right after the write
     that follows its own. Order and content must survive the overlap."""
     data = os.urandom(5 * 1024 * 1024 + 12345)
-    chunk = 256 * 1024 + 7
-    buffers = (bytearray(chunk), bytearray(chunk))
     path = tmp_path / "out.bin"
     with path.open("wb", buffering=0) as out, closing(HashingFileSink(out)) as sink:
-        turn = 0
-        for i in range(0, len(data), chunk):
-            piece = data[i : i + chunk]
-            buffers[turn][: len(piece)] = piece
-            sink.write(memoryview(buffers[turn])[: len(piece)])
-            turn ^= 1
+        _feed_two_buffers_in_turn(data, 256 * 1024 + 7, sink.write)
         digest = sink.digest()
     assert digest == "sha256:" + hashlib.sha256(data).hexdigest()
     assert sink.size == len(data)
@@ -64,15 +69,8 @@ def test_background_sha256_lets_the_caller_refill_a_buffer_two_updates_later():
     """The contract: after update(b) returns, b may be refilled from the next-but-one update on
     (update waits for the previous chunk before it queues the next)."""
     data = os.urandom(4 * 1024 * 1024 + 99)
-    chunk = 300_001
-    buffers = (bytearray(chunk), bytearray(chunk))
     with closing(BackgroundSha256()) as sha:
-        turn = 0
-        for i in range(0, len(data), chunk):
-            piece = data[i : i + chunk]
-            buffers[turn][: len(piece)] = piece
-            sha.update(memoryview(buffers[turn])[: len(piece)])
-            turn ^= 1
+        _feed_two_buffers_in_turn(data, 300_001, sha.update)
         assert sha.hexdigest() == hashlib.sha256(data).hexdigest()
 
 
