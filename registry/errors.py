@@ -180,6 +180,13 @@ class StorageError(RegistryError):
     code = "storage_unavailable"
 
 
+class InsufficientStorage(StorageError):
+    """The blob store is full (no space left, a quota, a file size limit)."""
+
+    status_code = 507
+    code = "insufficient_storage"
+
+
 class RegistryUnavailable(RegistryError):
     """The registry server could not be reached."""
 

@@ -12,6 +12,7 @@ Layout under the root::
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import time
 import uuid
@@ -19,7 +20,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
-from registry.errors import BlobNotFound, StorageError
+from registry.errors import BlobNotFound, InsufficientStorage, StorageError
 from registry.storage.base import (
     DEFAULT_CHUNK,
     BlobStat,
@@ -40,9 +41,13 @@ def _is_hex64(name: str) -> bool:
     return len(name) == 64 and set(name) <= _HEX
 
 
+_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+
+
 def _storage_error(action: str, exc: OSError) -> StorageError:
     reason = exc.strerror or exc.__class__.__name__
-    return StorageError(f"local blob store: {action} failed: {reason}")
+    cls = InsufficientStorage if exc.errno in _FULL else StorageError
+    return cls(f"local blob store: {action} failed: {reason}")
 
 
 def _translate_read_error(exc: Exception) -> Exception:

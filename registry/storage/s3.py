@@ -21,7 +21,7 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from registry.errors import BlobNotFound, InvalidInput, StorageError
+from registry.errors import BlobNotFound, InsufficientStorage, InvalidInput, StorageError
 from registry.storage.base import (
     DEFAULT_CHUNK,
     BlobStat,
@@ -42,6 +42,8 @@ MAX_PARTS = 10_000  # S3's limit on parts per upload
 DEFAULT_PART_BYTES = 8 * MiB
 
 _NOT_FOUND_CODES = frozenset({"NoSuchKey", "NotFound", "404"})
+# MinIO answers 507 XMinioStorageFull when its disks are full.
+_FULL_CODES = frozenset({"XMinioStorageFull", "QuotaExceeded", "XMinioAdminBucketQuotaExceeded"})
 
 
 def _one_line(text: str) -> str:
@@ -59,7 +61,9 @@ def _translate(exc: Exception, action: str, digest: str | None = None) -> Except
             bucket = error.get("BucketName", "")
             return StorageError(_one_line(f"S3 {action} failed: bucket {bucket!r} does not exist"))
         message = error.get("Message") or ""
-        return StorageError(_one_line(f"S3 {action} failed: {code} {message}"))
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        cls = InsufficientStorage if status == 507 or code in _FULL_CODES else StorageError
+        return cls(_one_line(f"S3 {action} failed: {code} {message}"))
     if isinstance(exc, BotoCoreError | OSError):
         return StorageError(_one_line(f"S3 {action} failed: {exc}"))
     return exc

@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from cli.main import cli
-from tests.integration.helpers import read_dir
+from tests.integration.helpers import file_size_limit, read_dir
 
 
 @pytest.fixture
@@ -276,18 +276,12 @@ def _pull_onto_a_full_disk(url: list[str], home: Path, tmp_path: Path) -> None:
     """A local write that fails mid-pull (a file size limit, as on a full disk) is reported as
     what it is, a local write failure naming the file (exit 1), not as an unreachable registry,
     and no file or temporary file is left behind."""
-    import resource
-    import signal
-
     from tests.integration.helpers import big_lora_dir
 
     src = big_lora_dir(tmp_path / "big", seed=11)
     assert run(*url, "push", "big", str(src))[0] == 0
-    limit = 1024 * 1024  # the weights file is 10.5 MB; the database files stay far below
-
-    def limited() -> None:
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    # The weights file is 10.5 MB; the database files stay far below the limit.
+    limited = file_size_limit(1024 * 1024)
 
     dest = tmp_path / "pulled"
     exe = Path(sys.executable).with_name("adapter-registry")
@@ -307,3 +301,49 @@ def test_embedded_pull_onto_a_full_disk(home, tmp_path):
 
 def test_pull_over_http_onto_a_full_disk(home, tmp_path, live_server):
     _pull_onto_a_full_disk(["--url", live_server.url], home, tmp_path)
+
+
+def test_a_full_blob_store_is_507_and_stores_nothing(tmp_path):
+    """The server's disk fills up during an upload (a file size limit on the server process):
+    507 insufficient_storage with a JSON error, a one-line CLI error (exit 5), no version, and
+    no temporary file left in the store."""
+    import socket
+    import time
+
+    import httpx
+
+    from tests.integration.helpers import big_lora_dir
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    home = tmp_path / "server-home"
+    exe = Path(sys.executable).with_name("adapter-registry")
+    server = subprocess.Popen(
+        [str(exe), "server", "--host", "127.0.0.1", "--port", str(port), "--log-level", "error"],
+        env={**os.environ, "REGISTRY_HOME": str(home)}, preexec_fn=file_size_limit(4 << 20),
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{url}/readyz").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline and server.poll() is None, "server did not start"
+            time.sleep(0.1)
+
+        src = big_lora_dir(tmp_path / "big", seed=5)  # a 10.5 MB weights file
+        code, _, err = run("--url", url, "push", "big", str(src))
+        assert_one_line_error(code, err, code=5, fragment="File too large")
+        response = httpx.put(f"{url}/api/v1/blobs/sha256:{'0' * 64}", content=b"x" * (6 << 20))
+        assert response.status_code == 507
+        assert response.json()["error"] == "insufficient_storage"
+        assert run("--url", url, "--json", "list")[1] == []
+        assert [p for p in (home / "blobs").rglob("*") if p.is_file()] == []
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

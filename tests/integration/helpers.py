@@ -65,3 +65,17 @@ def big_lora_dir(directory: Path, seed: int) -> Path:
     (directory / "adapter_config.json").write_text(json.dumps(
         {"peft_type": "LORA", "r": 16, "lora_alpha": 32, "target_modules": ["q_proj"]}))
     return directory
+
+
+def file_size_limit(limit: int):  # type: ignore[no-untyped-def]
+    """A ``preexec_fn`` for subprocess: in the child, writes past ``limit`` bytes of any file fail
+    with EFBIG, the way a full disk fails a write (the SIGXFSZ the kernel would send instead is
+    ignored). Nothing of ours is patched: the kernel refuses the write."""
+    import resource
+    import signal
+
+    def apply() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return apply

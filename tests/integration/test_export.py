@@ -16,7 +16,7 @@ from registry import errors
 from registry.client import HttpRegistry
 from registry.exports.run import export
 from registry.transfer import push, register_base_dir
-from tests.integration.helpers import read_dir
+from tests.integration.helpers import file_size_limit, read_dir
 
 
 def _logits(model, inputs):
@@ -169,19 +169,6 @@ def home_with_registry(tmp_path, monkeypatch, base_dirs, adapters_dir):
     return run, Path(tmp_path / "home")
 
 
-def _file_size_limit(limit: int):  # type: ignore[no-untyped-def]
-    """preexec_fn: writes past ``limit`` bytes of any file fail with EFBIG, the way a full disk
-    fails a write (the signal the kernel would send instead is ignored)."""
-    import resource
-    import signal
-
-    def apply() -> None:
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-
-    return apply
-
-
 def test_export_that_cannot_write_leaves_nothing_and_records_nothing(home_with_registry,
                                                                       tmp_path, base_dirs):
     """A write that fails mid-export (here: a file size limit, as on a full disk): one line,
@@ -195,7 +182,7 @@ def test_export_that_cannot_write_leaves_nothing_and_records_nothing(home_with_r
     proc = subprocess.run(
         [str(exe), "export", "bot:1", "--base", "tiny-llama", "--out", str(out), "--upload"],
         capture_output=True, text=True, env=env, timeout=300,
-        preexec_fn=_file_size_limit(shard // 2),
+        preexec_fn=file_size_limit(shard // 2),
     )
     assert proc.returncode != 0 and proc.stdout == ""
     assert proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1, proc.stderr
