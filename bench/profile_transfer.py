@@ -1,6 +1,6 @@
 """Where does push/pull time go? Times each stage of one big blob's round trip in-process.
 
-    python -m bench.profile_transfer [--size-mib 1024] [--repeats 2]
+    python -m bench.profile_transfer [--size-mib 1024] [--repeats 2] [--prime-copies 2]
 
 The server is ``adapter-registry server`` in a subprocess (``BENCH_SERVER_CMD`` can swap it, e.g.
 for a venv with httptools/uvloop); the client stages run here, with ``HttpRegistry`` as the CLI
@@ -9,12 +9,14 @@ uses it, plus alternatives for comparison:
     client_sha256         the pre-upload hash (registry.storage.sha256_file)
     upload_body           HttpRegistry.upload_blob until the last byte is handed to httpx
     upload_commit_wait    from there until the 201 (the server's hash check, fsync, rename, row)
-    download_httpx        HttpRegistry.download_blob (httpx iter_raw(1 MiB)) into hash + file
-    download_http_client  the same GET with stdlib http.client readinto(1 MiB) into hash + file
+    download_client       HttpRegistry.download_blob (stdlib http.client readinto, two 1 MiB
+                          buffers in turn) into a plain hash + file sink (not the threaded one)
+    download_http_client  the same GET written out here: http.client readinto(1 MiB), one buffer
     download_fsync        fsync of the pulled file (transfer.pull does it)
     python_copy / fsync   plain read/write copy of the file in Python, then fsync (disk reference)
 
-Minimum over --repeats of each stage; results in bench/results/transfer_breakdown_<size>mib.json.
+Each stage starts on freshly recycled memory (bench.common.Primer). Minimum over --repeats of
+each stage; results in bench/results/transfer_breakdown_<size>mib.json.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from urllib.parse import urlsplit
 from bench.common import (
     SERVER_CMD,
     MiB,
+    Primer,
     machine_info,
     read_hwm,
     registry_server,
@@ -55,11 +58,12 @@ class _HashFile:
         return self.f.write(data)
 
 
-def _once(url: str, src: Path, scratch: Path, size: int) -> dict[str, float]:
+def _once(url: str, src: Path, scratch: Path, size: int, prime: Primer) -> dict[str, float]:
     from registry.client import HttpRegistry
     from registry.storage import sha256_file
 
     s: dict[str, float] = {}
+    prime()
     os.sync()
     t = time.perf_counter()
     digest, _ = sha256_file(src)
@@ -72,6 +76,7 @@ def _once(url: str, src: Path, scratch: Path, size: int) -> dict[str, float]:
         def progress(_n: int) -> None:
             last[0] = time.perf_counter()
 
+        prime()
         os.sync()
         t = time.perf_counter()
         client.upload_blob(digest, src, progress=progress)
@@ -81,11 +86,12 @@ def _once(url: str, src: Path, scratch: Path, size: int) -> dict[str, float]:
         s["upload_total"] = end - t
 
         out = scratch / "pulled.bin"
+        prime()
         os.sync()
         sink = _HashFile(out)
         t = time.perf_counter()
         client.download_blob(digest, sink)  # type: ignore[arg-type]
-        s["download_httpx"] = time.perf_counter() - t
+        s["download_client"] = time.perf_counter() - t
         sink.f.flush()
         t = time.perf_counter()
         os.fsync(sink.f.fileno())
@@ -96,6 +102,7 @@ def _once(url: str, src: Path, scratch: Path, size: int) -> dict[str, float]:
     finally:
         client.close()
 
+    prime()
     os.sync()
     parts = urlsplit(url)
     sink = _HashFile(out)
@@ -113,6 +120,7 @@ def _once(url: str, src: Path, scratch: Path, size: int) -> dict[str, float]:
     assert f"sha256:{sink.h.hexdigest()}" == digest and sink.size == size
     out.unlink()
 
+    prime()
     os.sync()
     t = time.perf_counter()
     with src.open("rb") as fin, out.open("wb") as fout:
@@ -128,7 +136,7 @@ def _once(url: str, src: Path, scratch: Path, size: int) -> dict[str, float]:
 
 
 def run(size_mib: int = 1024, repeats: int = 2, workdir: Path | None = None,
-        results_name: str | None = None) -> dict[str, Any]:
+        results_name: str | None = None, prime_copies: int = 2) -> dict[str, Any]:
     load_at_start = [round(x, 2) for x in os.getloadavg()]
     root = Path(tempfile.mkdtemp(prefix="adapter-registry-prof-", dir=workdir))
     runs = []
@@ -137,10 +145,11 @@ def run(size_mib: int = 1024, repeats: int = 2, workdir: Path | None = None,
         write_lora_adapter(src_dir, shape_for_size(size_mib), seed=os.urandom(16))
         src = src_dir / "adapter_model.safetensors"
         size = src.stat().st_size
+        prime = Primer(src, root / "prime", prime_copies * size, enabled=prime_copies > 0)
         for i in range(repeats):
             # A fresh server (and store) per repeat, so every upload really uploads.
             with registry_server(root / f"home-{i}") as server:
-                r = _once(server.url, src, root, size)
+                r = _once(server.url, src, root, size, prime)
                 r["server_peak_rss_mib"] = round((read_hwm(server.pid) or 0) / MiB, 1)
             shutil.rmtree(root / f"home-{i}", ignore_errors=True)
             runs.append(r)
@@ -155,7 +164,8 @@ def run(size_mib: int = 1024, repeats: int = 2, workdir: Path | None = None,
         "benchmark": "transfer_breakdown",
         "machine": {**machine_info(), "load_average_at_start": load_at_start},
         "parameters": {"size_mib": size_mib, "file_bytes": size, "repeats": repeats,
-                       "server_command": SERVER_CMD, "aggregate": "min over repeats"},
+                       "server_command": SERVER_CMD, "aggregate": "min over repeats",
+                       "prime": prime.describe()},
         "seconds": best,
         "mib_per_s": rates,
         "runs": [{k: round(v, 3) for k, v in r.items()} for r in runs],
@@ -172,8 +182,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--workdir", type=Path, default=None)
     p.add_argument("--results-name", default=None)
+    p.add_argument("--prime-copies", type=int, default=2,
+                   help="copies written and deleted before every timed stage (0: off)")
     args = p.parse_args(argv)
-    run(args.size_mib, args.repeats, args.workdir, args.results_name)
+    run(args.size_mib, args.repeats, args.workdir, args.results_name, args.prime_copies)
     return 0
 
 
