@@ -100,6 +100,24 @@ class Unmergeable(InvalidAdapter):
     code = "unmergeable"
 
 
+class IncompatibleBase(Unmergeable):
+    """The adapter does not fit the base model (merged export)."""
+
+    code = "incompatible_base"
+
+
+class QuantizedBase(Unmergeable):
+    """Adapters cannot be merged into quantized base weights."""
+
+    code = "quantized_base"
+
+
+class OutputExists(InvalidInput):
+    """The export directory exists and is not empty."""
+
+    code = "output_exists"
+
+
 class DigestMismatch(InvalidInput):
     """The uploaded content does not match the claimed digest."""
 

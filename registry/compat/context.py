@@ -12,17 +12,20 @@ from registry.compat.manifest import BaseManifest
 from registry.compat.namespace import PrefixMap, align, layer_index
 from registry.compat.shapes import Shape
 from registry.formats.peft import (
+    INPUT_EMBEDDING_NAMES,
+    OUTPUT_HEAD_NAMES,
+    RESIZED_EMBEDDING_NAMES,
+    AdapterConfig,
+)
+from registry.formats.peft_methods import (
     COMPONENTS,
     MODEL_PREFIX,
     PROMPT_LEARNING_TENSORS,
     PROMPT_MODEL_PREFIX,
-    RESIZED_EMBEDDING_NAMES,
-    AdapterConfig,
+    split_component,
 )
 from registry.formats.safetensors import TensorInfo
 
-OUTPUT_HEADS = frozenset({"lm_head", "embed_out"})
-INPUT_EMBEDDINGS = frozenset({"embed_tokens", "wte", "word_embeddings", "embed_in", "shared"})
 _TOKENS_SUFFIX = ".token_adapter.trainable_tokens_delta"
 IMPLIED_HEAD_NOTE = " (the base checkpoint has no lm_head; taken as the tied input embedding)"
 
@@ -72,30 +75,21 @@ def split_adapter(config: AdapterConfig, tensors: Mapping[str, TensorInfo]) -> A
         if not name.startswith(prefix):
             parts.stray.append(name)
             continue
-        segments = name[len(prefix) :].split(".")
-        at = next((i for i in range(1, len(segments)) if segments[i] in components), None)
-        if at is not None:
-            module, key = ".".join(segments[:at]), ".".join(segments[at:])
+        rel = name[len(prefix) :]
+        split = split_component(rel, components)
+        if split is not None:
+            module, component, suffix = split
+            key = f"{component}.{suffix}" if suffix else component
             parts.modules.setdefault(module, {})[key] = (name, shape)
             continue
         # PEFT saves a wrapped layer's own parameters under `<module>.base_layer.<param>`; the
         # base checkpoint has them as `<module>.<param>`.
-        rel = ".".join(s for s in segments if s != "base_layer")
+        rel = ".".join(s for s in rel.split(".") if s != "base_layer")
         if rel.endswith(_TOKENS_SUFFIX):
             parts.tokens[rel.removesuffix(_TOKENS_SUFFIX)] = (name, shape)
         else:
             parts.full[rel] = (name, shape)
     return parts
-
-
-def mts_root(modules_to_save: list[str], rel: str) -> str | None:
-    """The module PEFT wrapped for a saved parameter: the shortest path ending with an entry."""
-    segments = rel.split(".")
-    for i in range(1, len(segments)):
-        path = ".".join(segments[:i])
-        if any(path.endswith(m) for m in modules_to_save):
-            return path
-    return None
 
 
 class CheckContext:
@@ -145,7 +139,7 @@ class CheckContext:
         found: list[Shape] = []
         for name, shape in sorted(self.params.items()):
             leaf = name.removesuffix(".weight").rpartition(".")[2]
-            if name.endswith(".weight") and leaf in INPUT_EMBEDDINGS and len(shape) == 2:
+            if name.endswith(".weight") and leaf in INPUT_EMBEDDING_NAMES and len(shape) == 2:
                 found.append(shape)
         preferred = [s for s in found if vocab is None or s[0] == vocab] or found
         if preferred:
@@ -165,7 +159,7 @@ class CheckContext:
         if shape is not None:
             return shape, False
         module, _, param = path.rpartition(".")
-        if module in OUTPUT_HEADS and param == "weight":
+        if module in OUTPUT_HEAD_NAMES and param == "weight":
             return self.input_embedding(), True
         return None, False
 

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 from registry.compat import findings as codes
-from registry.compat.context import IMPLIED_HEAD_NOTE, CheckContext, mts_root
-
-PROMPT_METHODS: frozenset[str] = frozenset({"PROMPT_TUNING", "P_TUNING"})
+from registry.compat.context import IMPLIED_HEAD_NOTE, CheckContext
+from registry.formats.peft import modules_to_save_root
 
 
 def check_full(ctx: CheckContext, *, only_modules_to_save: bool = False) -> None:
@@ -25,7 +24,7 @@ def check_full(ctx: CheckContext, *, only_modules_to_save: bool = False) -> None
     modules_to_save = ctx.config.modules_to_save
     for rel in sorted(ctx.parts.full):
         tensor, got = ctx.parts.full[rel]
-        root = mts_root(modules_to_save, rel)
+        root = modules_to_save_root(modules_to_save, rel)
         if only_modules_to_save and root is None:
             continue
         module, _, param = rel.rpartition(".")

@@ -17,41 +17,7 @@ from registry.compat.shapes import (
     layer_kind,
     loha_shape,
 )
-from registry.formats.peft import get_pattern_key
-
-MODULE_METHODS: frozenset[str] = frozenset({"LORA", "IA3", "LOHA", "LOKR"})
-
-# Component keys (as in tensor names after the module path) whose shapes are modelled; other
-# LoRA-variant state (KaSA's lora_diag, VeLoRA, MonteCLoRA) is left unchecked.
-MODELLED_KEYS: dict[str, frozenset[str]] = {
-    "LORA": frozenset(
-        {
-            "lora_A.weight",
-            "lora_B.weight",
-            "lora_B.bias",
-            "lora_embedding_A",
-            "lora_embedding_B",
-            "lora_magnitude_vector",
-        }
-    ),
-    "IA3": frozenset({"ia3_l"}),
-    "LOHA": frozenset({"hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b"}),
-    "LOKR": frozenset({"lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b"}),
-}
-DEFAULT_R = 8  # LoraConfig / LoHaConfig / LoKrConfig default r
-_ALL_LINEAR = "all-linear"
-
-
-def _rank(ctx: CheckContext, module: str) -> tuple[int | None, str]:
-    """(rank PEFT builds for the module, where it comes from); None for IA3."""
-    config = ctx.config
-    if config.peft_type == "IA3":
-        return None, ""
-    key = get_pattern_key(config.rank_pattern, module)
-    if key is not None:
-        return config.rank_pattern[key], f"rank_pattern[{key!r}]"
-    r = config.r if config.r is not None else DEFAULT_R
-    return r, f"r={r}"
+from registry.formats.peft_methods import PEFT_METHODS, is_all_linear, module_rank
 
 
 def _product_note(peft_type: str, found: Mapping[str, Shape], out_f: int, in_f: int) -> str:
@@ -87,7 +53,8 @@ def check_module(ctx: CheckContext, module: str) -> None:
     """
     peft_type = ctx.config.peft_type
     comps = ctx.parts.modules[module]
-    found = {k: shape for k, (_, shape) in comps.items() if k in MODELLED_KEYS[peft_type]}
+    modelled = PEFT_METHODS[peft_type].shape_keys
+    found = {k: shape for k, (_, shape) in comps.items() if k in modelled}
     names = {k: name for k, (name, _) in comps.items()}
     first = names[min(names)]
     base_module = ctx.map.to_base(module)
@@ -117,12 +84,12 @@ def check_module(ctx: CheckContext, module: str) -> None:
         is_embedding="lora_embedding_A" in found or "lora_embedding_B" in found,
         fan_in_fan_out=bool(ctx.raw.get("fan_in_fan_out")),
     )
-    if peft_type in ("LOHA", "LOKR") and kind == CONV1D:
+    if kind == CONV1D and not PEFT_METHODS[peft_type].wraps_conv1d:
         _unsupported(ctx, module, first, weight, "a Conv1D layer (LoHa and LoKr wrap nn.Linear)")
         return
     ctx.checked.add(base_module)
 
-    rank, source = _rank(ctx, module)
+    rank, source = module_rank(ctx.config, module)
     saved_rank = found_rank(peft_type, found)
     if rank is not None and saved_rank is not None and saved_rank != rank:
         ctx.reason(
@@ -142,7 +109,7 @@ def check_module(ctx: CheckContext, module: str) -> None:
         module=module,
         kind=kind,
         weight=weight,
-        rank=rank if rank is not None else DEFAULT_R,
+        rank=rank,
         found=found,
     )
     note = _product_note(peft_type, found, spec.out_features, spec.in_features)
@@ -193,7 +160,7 @@ def check_coverage(ctx: CheckContext) -> None:
     if ctx.raw.get("target_parameters"):
         return
     targets = ctx.config.target_modules
-    if targets is None or (isinstance(targets, str) and targets.lower() == _ALL_LINEAR):
+    if targets is None or is_all_linear(targets):
         # PEFT resolves both when it creates the adapter and saves the result; a config that
         # still has them leaves the adapted modules as the best record of what was targeted.
         targets = sorted({m.rpartition(".")[2] for m in ctx.parts.modules})

@@ -5,7 +5,8 @@ compatible exactly when the load succeeds with no missing and no unexpected adap
 tensor bytes are read; everything follows from the adapter's config and tensor manifest and the
 base's config summary and weight manifest.
 
-What is checked, per method (shapes as peft 0.21 builds them, see registry.compat.shapes):
+What is checked, per method (shapes as peft 0.21 builds them, see registry.compat.shapes; which
+methods are modelled is registry.formats.peft_methods' SHAPE_MODELLED and PROMPT_WIDTH_CHECKED):
 - LoRA (incl. DoRA, rslora, rank_pattern, embedding LoRA, lora_bias), IA3, LoHa, LoKr: every
   adapted module exists in the base (namespace rule in registry.compat.namespace) and its
   adapter tensors have the shapes PEFT would create there at the module's effective rank
@@ -30,11 +31,10 @@ from typing import Any
 
 from registry.compat import findings as codes
 from registry.compat.context import CheckContext, split_adapter
-from registry.compat.extras import PROMPT_METHODS, check_full, check_prompt, check_tokens
+from registry.compat.extras import check_full, check_prompt, check_tokens
 from registry.compat.findings import Finding, Verdict
 from registry.compat.manifest import BaseManifest
 from registry.compat.modules import (
-    MODULE_METHODS,
     check_coverage,
     check_module,
     layer_findings,
@@ -42,6 +42,7 @@ from registry.compat.modules import (
 )
 from registry.compat.serving import serving_support
 from registry.formats.peft import AdapterConfig
+from registry.formats.peft_methods import PROMPT_WIDTH_CHECKED, SHAPE_MODELLED
 from registry.formats.safetensors import TensorInfo
 
 __all__ = ["Finding", "Verdict", "check_compatibility", "serving_support"]
@@ -175,8 +176,8 @@ def check_compatibility(
     parts = split_adapter(config, adapter_tensors)
     ctx = CheckContext(config, parts, base)
     peft_type = config.peft_type
-    modelled = peft_type in MODULE_METHODS and not config.raw.get("target_parameters")
-    prompt = peft_type in PROMPT_METHODS
+    modelled = peft_type in SHAPE_MODELLED and not config.raw.get("target_parameters")
+    prompt = peft_type in PROMPT_WIDTH_CHECKED
     if modelled:
         for module in sorted(parts.modules):
             check_module(ctx, module)
@@ -185,7 +186,7 @@ def check_compatibility(
     elif prompt:
         check_prompt(ctx)
     else:
-        what = "parameter-targeting LoRA" if peft_type in MODULE_METHODS else peft_type
+        what = "parameter-targeting LoRA" if peft_type in SHAPE_MODELLED else peft_type
         ctx.warn(
             codes.NOT_CHECKABLE,
             f"{what} adapters are not modelled; only modules_to_save tensors were compared "

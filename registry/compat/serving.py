@@ -7,11 +7,16 @@ from typing import Any
 
 from registry.compat.findings import Finding
 from registry.formats.peft import AdapterConfig
+from registry.formats.peft_methods import (
+    LORAX,
+    PEFT_METHODS,
+    SERVING_TARGETS,
+    VLLM,
+    serving_methods,
+)
 from registry.formats.safetensors import TensorInfo
 
-VLLM = "vllm"
-LORAX = "lorax"
-SERVING_TARGETS: tuple[str, ...] = (VLLM, LORAX)
+__all__ = ["LORAX", "SERVING_TARGETS", "VLLM", "max_rank", "serving_support"]
 
 # vLLM's --max-lora-rank is a server setting (default 16); 512 is the largest value it offers,
 # so an adapter above it cannot be served however the server is configured. LoRAX's kernels
@@ -56,18 +61,28 @@ def _refusal(target: str, code: str, message: str, **fields: Any) -> Finding:
     return Finding(code=code, message=f"{_DISPLAY[target]} {message}", **fields)
 
 
-def _lora_only(target: str, config: AdapterConfig) -> list[Finding]:
-    if config.peft_type == "LORA":
+def _method_refusal(target: str, config: AdapterConfig) -> list[Finding]:
+    """The refusal of a method the target does not load (the table's `serving`), or none."""
+    accepted = serving_methods(target)
+    if config.peft_type in accepted:
         return []
+    shown = " and ".join(PEFT_METHODS[m].display for m in accepted)
     return [
         _refusal(
             target,
             "peft_type",
-            f"serves LoRA adapters only, not {config.peft_type}",
-            expected="LORA",
+            f"serves {shown} adapters only, not {config.peft_type}",
+            expected=accepted[0] if len(accepted) == 1 else accepted,
             found=config.peft_type,
         )
     ]
+
+
+def _rank_refusal(target: str, limit: int, rank: int | None) -> list[Finding]:
+    if rank is None or rank <= limit:
+        return []
+    message = f"supports ranks up to {limit}; this adapter has rank {rank}"
+    return [_refusal(target, "rank", message, expected=limit, found=rank)]
 
 
 def serving_support(
@@ -75,9 +90,10 @@ def serving_support(
 ) -> dict[str, dict[str, Any]]:
     """Per serving target, whether it loads the adapter and, if not, why.
 
-    Encoded rules: vLLM serves LoRA only and refuses DoRA, modules_to_save, bias (`bias` other
-    than "none" or `lora_bias`) and a rank above 512; LoRAX serves LoRA only and refuses a rank
-    above 128. The rank is the largest of any module, so rank_pattern counts.
+    Encoded rules: each target loads the methods the table in registry.formats.peft_methods
+    lists for it (LoRA only, for both); vLLM refuses DoRA, modules_to_save, bias (`bias` other
+    than "none" or `lora_bias`) and a rank above 512; LoRAX refuses a rank above 128. The rank
+    is the largest of any module, so rank_pattern counts.
 
     Args:
         config: The adapter config.
@@ -89,7 +105,7 @@ def serving_support(
     rank = max_rank(config, adapter_tensors)
     out: dict[str, dict[str, Any]] = {}
 
-    vllm = _lora_only(VLLM, config)
+    vllm = _method_refusal(VLLM, config)
     if not vllm:
         has_magnitude = any(n.endswith(".lora_magnitude_vector") for n in adapter_tensors)
         if config.use_dora or has_magnitude:
@@ -108,28 +124,11 @@ def serving_support(
             vllm.append(
                 _refusal(VLLM, "bias", f"does not load adapter biases ({bias})", found=bias)
             )
-        if rank is not None and rank > VLLM_MAX_RANK:
-            vllm.append(
-                _refusal(
-                    VLLM,
-                    "rank",
-                    f"supports ranks up to {VLLM_MAX_RANK}; this adapter has rank {rank}",
-                    expected=VLLM_MAX_RANK,
-                    found=rank,
-                )
-            )
+        vllm += _rank_refusal(VLLM, VLLM_MAX_RANK, rank)
     out[VLLM] = {"supported": not vllm, "reasons": [f.to_json() for f in vllm]}
 
-    lorax = _lora_only(LORAX, config)
-    if not lorax and rank is not None and rank > LORAX_MAX_RANK:
-        lorax.append(
-            _refusal(
-                LORAX,
-                "rank",
-                f"supports ranks up to {LORAX_MAX_RANK}; this adapter has rank {rank}",
-                expected=LORAX_MAX_RANK,
-                found=rank,
-            )
-        )
+    lorax = _method_refusal(LORAX, config)
+    if not lorax:
+        lorax += _rank_refusal(LORAX, LORAX_MAX_RANK, rank)
     out[LORAX] = {"supported": not lorax, "reasons": [f.to_json() for f in lorax]}
     return out

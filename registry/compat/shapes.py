@@ -112,7 +112,7 @@ def expected_tensors(
     module: str,
     kind: str,
     weight: Shape,
-    rank: int,
+    rank: int | None,
     found: Mapping[str, Shape],
 ) -> ModuleSpec:
     """The tensors PEFT creates for `module` with the given base weight shape and rank.
@@ -124,7 +124,7 @@ def expected_tensors(
         module: Module path in the adapter's namespace (for feedforward matching).
         kind: LINEAR, CONV1D or EMBEDDING (see layer_kind).
         weight: The base module's 2-D weight shape.
-        rank: The module's rank.
+        rank: The module's rank (None for IA3, which has none).
         found: The adapter's components for the module (only IA3 without feedforward_modules
             looks at them).
 
@@ -133,6 +133,12 @@ def expected_tensors(
     """
     d_in, d_out = in_out(kind, weight)
     t: dict[str, Shape] = {}
+    if peft_type == "IA3":
+        feedforward = _is_feedforward(raw, module, found)
+        t["ia3_l"] = (1, d_in) if feedforward else (d_out, 1)
+        return ModuleSpec(tensors=t, in_features=d_in, out_features=d_out)
+    if rank is None:
+        raise ValueError(f"{peft_type} needs a rank")
     if peft_type == "LORA":
         if kind == EMBEDDING:
             t["lora_embedding_A"] = (rank, d_in)
@@ -144,9 +150,6 @@ def expected_tensors(
                 t["lora_B.bias"] = (d_out,)
         if raw.get("use_dora"):
             t["lora_magnitude_vector"] = (d_out,)
-    elif peft_type == "IA3":
-        feedforward = _is_feedforward(raw, module, found)
-        t["ia3_l"] = (1, d_in) if feedforward else (d_out, 1)
     elif peft_type == "LOHA":
         for w in ("hada_w1", "hada_w2"):
             t[f"{w}_a"] = (d_out, rank)

@@ -18,7 +18,7 @@ from registry.base_models.schemas import BaseModelOut
 from registry.base_models.sources import HfRef, S3Ref, parse_remote
 from registry.client import RegistryBackend
 from registry.config import Settings
-from registry.errors import DigestMismatch, InvalidInput, SourceUnavailable
+from registry.errors import DigestMismatch, IncompatibleBase, InvalidInput, SourceUnavailable
 from registry.exports.schemas import DTYPES, CreateExportIn, ExportOut
 from registry.storage.sink import HashingFileSink
 from registry.transfer import ProgressFactory, progress_bar, resolve, upload_missing
@@ -199,7 +199,6 @@ def export(
         InvalidInput.
     """
     from registry.formats import parse_adapter_config
-    from registry.merge.errors import IncompatibleBase
     from registry.merge.stream import merge_to_dir
 
     if dtype is not None and dtype not in DTYPES:

@@ -12,12 +12,14 @@ from registry.formats.adapter import (
     list_local_files,
     normalize_path,
 )
-from registry.formats.peft import (
+from registry.formats.peft import AdapterConfig, check_tensors, parse_adapter_config
+from registry.formats.peft_methods import (
+    PEFT_METHODS,
     PEFT_TYPES,
-    AdapterConfig,
-    check_tensors,
+    PeftMethod,
     get_pattern_key,
-    parse_adapter_config,
+    module_alpha,
+    module_rank,
 )
 from registry.formats.safetensors import (
     DTYPE_BITS,
@@ -31,6 +33,7 @@ __all__ = [
     "CONFIG_FILE",
     "DTYPE_BITS",
     "DTYPE_SIZES",
+    "PEFT_METHODS",
     "PEFT_TYPES",
     "PICKLE_SUFFIXES",
     "WEIGHTS_FILE",
@@ -39,12 +42,15 @@ __all__ = [
     "FileAccess",
     "Limits",
     "LocalDirAccess",
+    "PeftMethod",
     "ReadAt",
     "TensorInfo",
     "check_tensors",
     "get_pattern_key",
     "inspect_adapter",
     "list_local_files",
+    "module_alpha",
+    "module_rank",
     "normalize_path",
     "parse_adapter_config",
     "parse_header",

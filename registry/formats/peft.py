@@ -4,144 +4,38 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeGuard
 
 from registry.errors import InvalidAdapterConfig, TensorMismatch
+from registry.formats.peft_methods import (
+    ANY_SUFFIX,
+    COMPONENTS,
+    MODEL_PREFIX,
+    PEFT_METHODS,
+    PEFT_TYPES,
+    PROMPT_LEARNING_TENSORS,
+    PROMPT_MODEL_PREFIX,
+    alpha_field,
+    is_all_linear,
+    module_rank,
+    split_component,
+)
 from registry.formats.safetensors import TensorInfo
 
-# peft.utils.peft_types.PeftType of peft 0.21.2, hard-coded so this layer does not import peft.
-PEFT_TYPES: frozenset[str] = frozenset(
-    {
-        "PROMPT_TUNING",
-        "MULTITASK_PROMPT_TUNING",
-        "P_TUNING",
-        "PREFIX_TUNING",
-        "LORA",
-        "ADALORA",
-        "ADAMSS",
-        "BOFT",
-        "ADAPTION_PROMPT",
-        "IA3",
-        "BEFT",
-        "LILY",
-        "LOHA",
-        "LOKR",
-        "OFT",
-        "POLY",
-        "LN_TUNING",
-        "VERA",
-        "FROD",
-        "PVERA",
-        "FOURIERFT",
-        "GLORA",
-        "XLORA",
-        "HRA",
-        "VBLORA",
-        "UNILORA",
-        "CPT",
-        "MISS",
-        "RANDLORA",
-        "ROAD",
-        "TRAINABLE_TOKENS",
-        "HIRA",
-        "SHIRA",
-        "C3A",
-        "WAVEFT",
-        "OSF",
-        "DELORA",
-        "GRALORA",
-        "CARTRIDGE",
-        "TINYLORA",
-        "PSOFT",
-        "PEANUT",
-        "SHADOW",
-        "SUPERTUNING",
-        "DEFT",
-    }
+# Input embeddings and output heads in common transformers architectures (the modules
+# get_input_embeddings() / get_output_embeddings() return).
+INPUT_EMBEDDING_NAMES: frozenset[str] = frozenset(
+    {"embed_tokens", "wte", "word_embeddings", "embed_in", "shared"}
 )
-
-# Prompt-learning methods save top-level tensors (no module path); values are the names they write.
-PROMPT_LEARNING_TENSORS: dict[str, frozenset[str]] = {
-    "PROMPT_TUNING": frozenset({"prompt_embeddings"}),
-    "P_TUNING": frozenset({"prompt_embeddings"}),
-    "PREFIX_TUNING": frozenset({"prompt_embeddings"}),
-    "CPT": frozenset({"prompt_embeddings"}),
-    "CARTRIDGE": frozenset({"prompt_embeddings"}),
-    "MULTITASK_PROMPT_TUNING": frozenset(
-        {"prompt_embeddings", "prefix_task_cols", "prefix_task_rows"}
-    ),
-}
-
-# Per-module adapter tensors of the methods modelled in detail: component -> allowed suffixes
-# after it ("" = the component is itself the tensor, as for a ParameterDict entry). Taken from
-# the `adapter_layer_names` of each peft 0.21 tuner layer, plus containers that LoRA variants
-# register (DoRA's magnitude, KaSA's lora_diag, MonteCLoRA's sampler, VeLoRA's embed buffer).
-_ANY = "*"
-COMPONENTS: dict[str, dict[str, frozenset[str]]] = {
-    "LORA": {
-        "lora_A": frozenset({"weight"}),
-        "lora_B": frozenset({"weight"}),  # "bias" too when lora_bias=True
-        "lora_embedding_A": frozenset({""}),
-        "lora_embedding_B": frozenset({""}),
-        "lora_magnitude_vector": frozenset({""}),
-        "lora_diag": frozenset({""}),
-        "lora_velora_embed": frozenset({""}),
-        "lora_monteclora_sampler": frozenset({_ANY}),
-    },
-    "ADALORA": {
-        "lora_A": frozenset({""}),
-        "lora_B": frozenset({""}),
-        "lora_E": frozenset({""}),
-        "lora_embedding_A": frozenset({""}),
-        "lora_embedding_B": frozenset({""}),
-    },
-    "IA3": {"ia3_l": frozenset({""})},
-    "LOHA": {
-        name: frozenset({""})
-        for name in ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "hada_t1", "hada_t2")
-    },
-    "LOKR": {
-        name: frozenset({""})
-        for name in (
-            "lokr_w1",
-            "lokr_w1_a",
-            "lokr_w1_b",
-            "lokr_w2",
-            "lokr_w2_a",
-            "lokr_w2_b",
-            "lokr_t2",
-        )
-    },
-    "ADAPTION_PROMPT": {"adaption_prompt": frozenset({""}), "adaption_gate": frozenset({""})},
-}
-# Component-name prefix of each modelled method, to name the method a foreign tensor belongs to.
-_METHOD_PREFIXES: dict[str, str] = {
-    "LORA": "lora_",
-    "ADALORA": "lora_",
-    "IA3": "ia3_",
-    "LOHA": "hada_",
-    "LOKR": "lokr_",
-    "ADAPTION_PROMPT": "adaption_",
-}
-
-# PEFT's defaults for `r` when the saved config omits it (LoraConfig/LoHaConfig/LoKrConfig).
-_DEFAULT_R: dict[str, int] = {"LORA": 8, "LOHA": 8, "LOKR": 8}
-
-# Input/output embedding modules that peft saves whole (`<module>.weight`) when the vocabulary
-# was resized during fine-tuning (save_embedding_layers). peft finds them through
-# get_input_embeddings(); these are their names in common transformers architectures.
-RESIZED_EMBEDDING_NAMES: frozenset[str] = frozenset(
-    {"embed_tokens", "lm_head", "wte", "word_embeddings", "embed_in", "embed_out", "shared"}
-)
+OUTPUT_HEAD_NAMES: frozenset[str] = frozenset({"lm_head", "embed_out"})
+# Embedding modules that peft saves whole (`<module>.weight`) when the vocabulary was resized
+# during fine-tuning (save_embedding_layers).
+RESIZED_EMBEDDING_NAMES: frozenset[str] = INPUT_EMBEDDING_NAMES | OUTPUT_HEAD_NAMES
 
 # Methods whose rank_pattern values are not ranks (OSF stores fractions); kept in raw only.
 _FREE_FORM_RANK_PATTERN = frozenset({"OSF"})
-
-MODEL_PREFIX = "base_model.model."
-PROMPT_MODEL_PREFIX = "base_model."
-_ALL_LINEAR = "all-linear"
 
 
 @dataclass(frozen=True)
@@ -227,8 +121,8 @@ def parse_adapter_config(data: bytes, *, name: str = "adapter_config.json") -> A
     if r is not None and not r_ok:
         raise bad("r", "a positive integer")
 
-    uses_alpha = peft_type in ("LOHA", "LOKR") and "lora_alpha" not in raw
-    alpha_key = "alpha" if uses_alpha else "lora_alpha"
+    # LoHa and LoKr name it `alpha`; a `lora_alpha` present wins, as it always did here.
+    alpha_key = "lora_alpha" if "lora_alpha" in raw else alpha_field(peft_type)
     lora_alpha = raw.get(alpha_key)
     if lora_alpha is not None and not _is_number(lora_alpha):
         raise bad(alpha_key, "a number")
@@ -322,25 +216,6 @@ def _parse_rank_pattern(raw: dict[str, Any], peft_type: str, name: str) -> dict[
     return out
 
 
-def get_pattern_key(pattern_keys: Iterable[str], key_to_match: str) -> str | None:
-    """The first pattern that matches a module name, as peft.utils.other.get_pattern_key does.
-
-    A pattern matches when it is a regex that matches the whole module name or a dotted suffix
-    of it (`(.*\\.)?(pattern)$`).
-
-    Args:
-        pattern_keys: rank_pattern / alpha_pattern keys, in config order.
-        key_to_match: Module name relative to the base model, e.g. "model.layers.0.mlp".
-
-    Returns:
-        The matching pattern, or None.
-    """
-    for key in pattern_keys:
-        if re.match(rf"(.*\.)?({key})$", key_to_match):
-            return key
-    return None
-
-
 def _matches_target(target_modules: list[str] | str, module: str) -> bool:
     # peft.tuners.tuners_utils.check_target_module_exists: a string is a full-match regex, a list
     # matches a name exactly or as a dotted suffix.
@@ -349,15 +224,25 @@ def _matches_target(target_modules: list[str] | str, module: str) -> bool:
     return module in target_modules or any(module.endswith(f".{t}") for t in target_modules)
 
 
-def _is_under_modules_to_save(modules_to_save: list[str], rel: str) -> bool:
-    # peft wraps every module whose name ends with an entry (plain endswith, as _set_trainable
-    # does) and saves that module's parameters under its name.
+def modules_to_save_root(modules_to_save: list[str], rel: str) -> str | None:
+    """The module peft wrapped for a saved parameter: the shortest path ending with an entry.
+
+    peft wraps every module whose name ends with a modules_to_save entry (plain endswith, as
+    _set_trainable does) and saves that module's parameters under its name.
+
+    Args:
+        modules_to_save: The config's modules_to_save.
+        rel: A parameter path relative to the wrapped model.
+
+    Returns:
+        The wrapped module's path, or None when the parameter is not under one.
+    """
     segments = rel.split(".")
     for i in range(1, len(segments)):
         path = ".".join(segments[:i])
         if any(path.endswith(m) for m in modules_to_save):
-            return True
-    return False
+            return path
+    return None
 
 
 @dataclass
@@ -375,10 +260,11 @@ def check_tensors(config: AdapterConfig, tensors: Mapping[str, TensorInfo]) -> N
     """Check that the tensors of adapter_model.safetensors are what PEFT writes for `config`.
 
     Naming rules: prompt-learning methods hold only their top-level tensors (plus modules_to_save
-    under "base_model."); LoRA, AdaLoRA, IA3, LoHa, LoKr and adaption prompt hold per-module
-    components under "base_model.model.<module>." plus what peft adds (modules_to_save
-    parameters, `base_layer.weight` of targeted embeddings, biases per `bias`/`lora_bias`,
-    trainable-token deltas, resized embeddings). Every other PEFT method falls back to
+    under "base_model."); LoRA, AdaLoRA, IA3, LoHa, LoKr and adaption prompt (the methods with
+    components in registry.formats.peft_methods) hold per-module components under
+    "base_model.model.<module>." plus what peft adds (modules_to_save parameters,
+    `base_layer.weight` of targeted embeddings, biases per `bias`/`lora_bias`, trainable-token
+    deltas, resized embeddings). Every other PEFT method falls back to
     accepting any name under "base_model." (VeRA-like methods keep shared tensors there).
     Shape rules: LoRA A/B pairs agree on rank and match rank_pattern or r; embedding LoRA,
     DoRA magnitudes, AdaLoRA triples, LoHa and LoKr factors are complete and consistent.
@@ -413,7 +299,7 @@ def _check_prompt_learning(config: AdapterConfig, tensors: Mapping[str, TensorIn
         if tensor_name in allowed:
             continue
         rel = tensor_name.removeprefix(PROMPT_MODEL_PREFIX)
-        if rel != tensor_name and _is_under_modules_to_save(config.modules_to_save, rel):
+        if rel != tensor_name and modules_to_save_root(config.modules_to_save, rel) is not None:
             continue
         raise TensorMismatch(
             f"tensor {tensor_name!r} does not fit {config.peft_type}: expected only "
@@ -434,21 +320,10 @@ def _check_prompt_learning(config: AdapterConfig, tensors: Mapping[str, TensorIn
         )
 
 
-def _split_component(
-    rel: str, components: Mapping[str, frozenset[str]]
-) -> tuple[str, str, str] | None:
-    """Split "<module>.<component>[.<suffix>]"; the first component segment after a module wins."""
-    segments = rel.split(".")
-    for i in range(1, len(segments)):
-        if segments[i] in components:
-            return ".".join(segments[:i]), segments[i], ".".join(segments[i + 1 :])
-    return None
-
-
 def _foreign_method(rel: str, peft_type: str) -> str | None:
     """The other modelled method whose component appears in `rel`, e.g. "LORA (lora_A)"."""
     for other, comps in COMPONENTS.items():
-        found = _split_component(rel, comps) if other != peft_type else None
+        found = split_component(rel, comps) if other != peft_type else None
         if found:
             return f"{other} ({found[1]})"
     return None
@@ -458,12 +333,12 @@ def _collect_modules(
     config: AdapterConfig, tensors: Mapping[str, TensorInfo]
 ) -> dict[str, _Module]:
     peft_type = config.peft_type
-    components = COMPONENTS[peft_type]
+    method = PEFT_METHODS[peft_type]
+    components = method.components
+    prefix = method.prefix
     raw = config.raw
     bias = raw.get("bias") or "none"
-    lora_bias = bool(raw.get("lora_bias"))
     has_trainable_tokens = raw.get("trainable_token_indices") is not None
-    prefix = _METHOD_PREFIXES[peft_type]
 
     modules: dict[str, _Module] = {}
     extras: list[str] = []
@@ -475,22 +350,22 @@ def _collect_modules(
                 f"{MODEL_PREFIX!r}"
             )
         rel = tensor_name[len(MODEL_PREFIX) :]
-        split = _split_component(rel, components)
+        split = split_component(rel, components)
         if split is None:
             extras.append(tensor_name)
             continue
         module, component, suffix = split
-        allowed = components[component]
-        if peft_type == "LORA" and component == "lora_B" and lora_bias:
-            allowed = allowed | {"bias"}
-        if suffix not in allowed and _ANY not in allowed:
+        flagged = method.flag_suffixes.get(component, {})
+        allowed = components[component] | {s for s, flag in flagged.items() if raw.get(flag)}
+        if suffix not in allowed and ANY_SUFFIX not in allowed:
             expected = " or ".join(
                 f"{module}.{component}" + (f".{s}" if s else "") for s in sorted(allowed)
             )
+            flag = flagged.get(suffix)
             raise TensorMismatch(
                 f"tensor {tensor_name!r} does not fit {peft_type}: expected "
                 f"{MODEL_PREFIX}{expected}"
-                + (" (lora_B.bias needs lora_bias=true)" if suffix == "bias" else "")
+                + (f" ({component}.{suffix} needs {flag}=true)" if flag else "")
             )
         if component == "lora_magnitude_vector" and not config.use_dora:
             raise TensorMismatch(
@@ -518,7 +393,7 @@ def _collect_modules(
             and param == "trainable_tokens_delta"
         ):
             continue
-        if _is_under_modules_to_save(config.modules_to_save, rel):
+        if modules_to_save_root(config.modules_to_save, rel) is not None:
             continue
         if param == "weight" and module.rpartition(".")[2] in RESIZED_EMBEDDING_NAMES:
             continue
@@ -545,8 +420,8 @@ def _collect_modules(
     # Adaption prompt gives target_modules another meaning; parameter targeting names parameters.
     if (
         targets is not None
-        and targets != _ALL_LINEAR
-        and peft_type != "ADAPTION_PROMPT"
+        and not is_all_linear(targets)
+        and method.targets_modules
         and not raw.get("target_parameters")
     ):
         for module in sorted(modules):
@@ -565,27 +440,10 @@ def _is_embedding(module_name: str, module: _Module) -> bool:
     )
 
 
-def _expected_rank(config: AdapterConfig, module: str) -> tuple[int | None, str]:
-    """(expected rank, where it comes from) for a module, as PEFT would create it."""
-    key = get_pattern_key(config.rank_pattern, module)
-    if key is not None:
-        return config.rank_pattern[key], f"rank_pattern[{key!r}]"
-    r = config.r if config.r is not None else _DEFAULT_R.get(config.peft_type)
-    return r, f"r={r}"
-
-
 def _check_modules(config: AdapterConfig, modules: Mapping[str, _Module]) -> None:
-    peft_type = config.peft_type
+    check = MODULE_CHECKS[config.peft_type]
     for module_name in sorted(modules):
-        module = modules[module_name]
-        if peft_type == "LORA":
-            _check_lora_module(config, module_name, module)
-        elif peft_type == "ADALORA":
-            _check_adalora_module(module_name, module)
-        elif peft_type == "LOHA":
-            _check_loha_module(config, module_name, module)
-        elif peft_type == "LOKR":
-            _check_lokr_module(module_name, module)
+        check(config, module_name, modules[module_name])
 
 
 def _shape(info: TensorInfo) -> list[int]:
@@ -611,7 +469,7 @@ def _check_rank(config: AdapterConfig, module_name: str, rank: int, detail: str)
     if config.raw.get("target_parameters"):
         # Parameter-targeting LoRA (e.g. MoE experts) multiplies the rank by the expert count.
         return
-    expected, source = _expected_rank(config, module_name)
+    expected, source = module_rank(config, module_name)
     if expected is not None and rank != expected:
         raise TensorMismatch(
             f"module {module_name!r} has rank {rank} ({detail}) but {source} expects {expected}"
@@ -687,7 +545,7 @@ def _check_lora_module(config: AdapterConfig, module_name: str, module: _Module)
         raise TensorMismatch(f"module {module_name!r} has LoRA variant state but no lora_A/lora_B")
 
 
-def _check_adalora_module(module_name: str, module: _Module) -> None:
+def _check_adalora_module(config: AdapterConfig, module_name: str, module: _Module) -> None:
     _require_pair(module_name, module, "lora_A", "lora_B")
     _require_pair(module_name, module, "lora_A", "lora_E")
     _require_pair(module_name, module, "lora_embedding_A", "lora_embedding_B")
@@ -729,7 +587,7 @@ def _check_loha_module(config: AdapterConfig, module_name: str, module: _Module)
     _check_rank(config, module_name, ranks["hada_w1_b"], f"hada_w1_b {_shape(infos['hada_w1_b'])}")
 
 
-def _check_lokr_module(module_name: str, module: _Module) -> None:
+def _check_lokr_module(config: AdapterConfig, module_name: str, module: _Module) -> None:
     for w in ("lokr_w1", "lokr_w2"):
         full, low_a, low_b = w in module.parts, f"{w}_a" in module.parts, f"{w}_b" in module.parts
         if full and (low_a or low_b):
@@ -744,3 +602,18 @@ def _check_lokr_module(module_name: str, module: _Module) -> None:
             )
     if "lokr_t2" in module.parts and "lokr_w2_a" not in module.parts:
         raise TensorMismatch(f"module {module_name!r} has lokr_t2 without lokr_w2_a/lokr_w2_b")
+
+
+def _check_single_tensor_module(config: AdapterConfig, module_name: str, module: _Module) -> None:
+    """IA3 and adaption prompt: each component is one tensor with no partner to agree with."""
+
+
+# The per-module check of every method with components (registry.formats.peft_methods).
+MODULE_CHECKS: dict[str, Callable[[AdapterConfig, str, _Module], None]] = {
+    "LORA": _check_lora_module,
+    "ADALORA": _check_adalora_module,
+    "IA3": _check_single_tensor_module,
+    "LOHA": _check_loha_module,
+    "LOKR": _check_lokr_module,
+    "ADAPTION_PROMPT": _check_single_tensor_module,
+}

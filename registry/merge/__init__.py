@@ -1,9 +1,9 @@
 """Merged export: fold a PEFT adapter into its base model's weights, streaming shard by shard."""
 
-from registry.merge.deltas import (
-    MergePlan,
-    TensorEdit,
-    check_mergeable,
+from registry.errors import IncompatibleBase, OutputExists, QuantizedBase
+from registry.merge.edits import MergePlan, TensorEdit, check_mergeable, plan_merge
+from registry.merge.files import BaseFiles, LocalDirFiles, RangeReadable
+from registry.merge.math import (
     dora_embedding_merge,
     dora_merge,
     ia3_merge,
@@ -13,10 +13,7 @@ from registry.merge.deltas import (
     lora_delta,
     lora_embedding_delta,
     lora_scale,
-    plan_merge,
 )
-from registry.merge.errors import IncompatibleBase, OutputExists, QuantizedBase
-from registry.merge.files import BaseFiles, LocalDirFiles, RangeReadable
 from registry.merge.stream import MergeResult, merge_to_dir
 from registry.merge.writer import ExportedFile
 

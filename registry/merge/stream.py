@@ -1,11 +1,13 @@
 """Streaming merged export: fold an adapter into a base checkpoint tensor by tensor, to a new dir.
 
-This module is the entry point; `files` reads the base checkpoint, `plan` checks everything and
-plans the output shards before anything is written, and `writer` streams the shards out.
+This module is the entry point; `files` reads the base checkpoint, `edits` turns the adapter
+into a MergePlan (per-tensor edits) with the math of `math`, `layout` checks everything and lays
+out the output shards (an ExportPlan) before anything is written, and `writer` streams the
+shards out.
 
 Memory: the base is never loaded as a model. All safetensors headers are read first (they are
 small), which lets the exporter check the adapter against every base shape before writing
-anything, plan the output shards, and write each output shard's header before its data. Then
+anything, lay out the output shards, and write each output shard's header before its data. Then
 the base shards are opened one at a time and memory-mapped; each range is dropped from the
 process's RSS (madvise DONTNEED) as soon as it is used, so the mapping never holds more than a
 block. Tensors the adapter does not touch are copied in 8 MiB chunks by the kernel
@@ -31,11 +33,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from registry.errors import OutputExists
 from registry.formats.peft import AdapterConfig
-from registry.merge.deltas import check_mergeable
-from registry.merge.errors import OutputExists
+from registry.merge.edits import check_mergeable
 from registry.merge.files import BaseFiles, LocalDirFiles, RangeReadable
-from registry.merge.plan import check_args, plan_export
+from registry.merge.layout import check_args, plan_export
 from registry.merge.writer import (
     ExportedFile,
     Sources,
@@ -128,7 +130,7 @@ def merge_to_dir(
     out_dir = Path(out_dir)
     check_out_dir(out_dir, force=force)
     check_mergeable(adapter_config)
-    plan = plan_export(
+    export_plan = plan_export(
         base, adapter_config, adapter_weights, dtype=dtype, max_shard_bytes=max_shard_bytes,
         dev=dev,
     )
@@ -140,10 +142,12 @@ def merge_to_dir(
     sources = Sources(base, writer.drain)
     try:
         with compute_threads(dev), _gc_frozen():
-            write_shards(plan.shards, plan.merge, sources, writer, tmp, dev, progress)
+            write_shards(export_plan.shards, export_plan.merge, sources, writer, tmp, dev,
+                         progress)
         sources.close()
-        write_index(plan.shards, writer, tmp)
-        copy_files(base, plan.copied, writer, tmp, plan.config, plan.new_config)
+        write_index(export_plan.shards, writer, tmp)
+        copy_files(base, export_plan.copied, writer, tmp, export_plan.config,
+                   export_plan.new_config)
         exported = writer.finish()
         _move_into_place(tmp, out_dir, force)
     except BaseException as exc:
@@ -157,9 +161,9 @@ def merge_to_dir(
         raise
     return MergeResult(
         files=sorted(exported, key=lambda f: f.path),
-        merged_modules=len(plan.merge.modules),
-        dtype=plan.dtype,
-        shards=len(plan.shards),
+        merged_modules=len(export_plan.merge.modules),
+        dtype=export_plan.dtype,
+        shards=len(export_plan.shards),
     )
 
 

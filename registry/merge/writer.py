@@ -22,9 +22,9 @@ from typing import Any
 import torch
 
 from registry.formats.adapter import normalize_path
-from registry.merge.deltas import MergePlan
+from registry.merge.edits import MergePlan
 from registry.merge.files import CONFIG, SAFE_INDEX, SAFE_WEIGHTS, BaseFiles, Entry
-from registry.merge.plan import FLOAT_DTYPES, OutShard, OutTensor
+from registry.merge.layout import FLOAT_DTYPES, OutShard, OutTensor
 
 CHUNK_BYTES = 8 * 1024 * 1024
 BLOCK_BYTES_F32 = {"cpu": 4 * 1024 * 1024, "cuda": 64 * 1024 * 1024}
@@ -370,7 +370,7 @@ def compute_threads(dev: torch.device) -> Iterator[None]:
 
 def write_shards(
     shards: list[OutShard],
-    plan: MergePlan,
+    merge_plan: MergePlan,
     sources: Sources,
     writer: Writer,
     tmp: Path,
@@ -388,10 +388,10 @@ def write_shards(
         writer.write(len(header).to_bytes(8, "little") + header)
         for t in shard.tensors:
             src = t.source
-            if t.name not in plan.edits and t.out_dtype == src.dtype:
+            if t.name not in merge_plan.edits and t.out_dtype == src.dtype:
                 _copy_raw(src, sources, writer)
             else:
-                _merge_tensor(t, plan, sources, writer, dev, buffers)
+                _merge_tensor(t, merge_plan, sources, writer, dev, buffers)
             done += t.nbytes
             if progress is not None:
                 progress(done, total)
@@ -429,7 +429,7 @@ def _copy_raw(src: Entry, sources: Sources, writer: Writer) -> None:
 
 def _merge_tensor(
     t: OutTensor,
-    plan: MergePlan,
+    merge_plan: MergePlan,
     sources: Sources,
     writer: Writer,
     dev: torch.device,
@@ -445,7 +445,7 @@ def _merge_tensor(
         return
     row_elems = numel // rows
     # Row-wise edits run on ~block_bytes of float32 at a time; the others need every row.
-    step = max(1, buffers.block_bytes // (4 * row_elems)) if plan.rowwise(t.name) else rows
+    step = max(1, buffers.block_bytes // (4 * row_elems)) if merge_plan.rowwise(t.name) else rows
     for start in range(0, rows, step):
         stop = min(rows, start + step)
         n = (stop - start) * row_elems
@@ -460,7 +460,7 @@ def _merge_tensor(
         del block
         sources.dropper(offset, n * in_dtype.itemsize)()
         # Edits may update `work` in place; it is ours (a buffer, or a copy).
-        merged = plan.apply(t.name, work, start, stop)
+        merged = merge_plan.apply(t.name, work, start, stop)
         out, release = buffers.out(n * out_dtype.itemsize)
         out.view(out_dtype).view(block_shape).copy_(merged)
         writer.write(out, release)

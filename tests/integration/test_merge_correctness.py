@@ -27,16 +27,16 @@ from transformers import (
     PreTrainedModel,
 )
 
-from registry.errors import InvalidBaseModel, InvalidInput, Unmergeable
-from registry.formats.peft import AdapterConfig, parse_adapter_config
-from registry.merge import (
+from registry.errors import (
     IncompatibleBase,
-    LocalDirFiles,
-    MergeResult,
+    InvalidBaseModel,
+    InvalidInput,
     OutputExists,
     QuantizedBase,
-    merge_to_dir,
+    Unmergeable,
 )
+from registry.formats.peft import AdapterConfig, parse_adapter_config
+from registry.merge import LocalDirFiles, MergeResult, merge_to_dir
 from tests.peft_factory import make_adapter, tiny_bert, tiny_gpt2, tiny_llama
 
 pytestmark = pytest.mark.slow

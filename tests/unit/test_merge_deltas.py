@@ -13,10 +13,9 @@ from safetensors.torch import load_file
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from registry.errors import TensorMismatch, Unmergeable
+from registry.errors import IncompatibleBase, TensorMismatch, Unmergeable
 from registry.formats.peft import AdapterConfig, parse_adapter_config
 from registry.merge import (
-    IncompatibleBase,
     check_mergeable,
     dora_merge,
     ia3_merge,

@@ -8,13 +8,8 @@ from typing import Any
 import pytest
 
 from registry.errors import InvalidAdapterConfig, TensorMismatch
-from registry.formats.peft import (
-    PEFT_TYPES,
-    AdapterConfig,
-    check_tensors,
-    get_pattern_key,
-    parse_adapter_config,
-)
+from registry.formats.peft import AdapterConfig, check_tensors, parse_adapter_config
+from registry.formats.peft_methods import PEFT_TYPES, get_pattern_key
 from registry.formats.safetensors import TensorInfo
 
 P = "base_model.model.model.layers.0.self_attn."

@@ -1,13 +1,14 @@
-"""PEFT merge math: adapter tensors in, merged base tensors out, exactly as peft 0.21 merges.
+"""The edit planner of merged export: an adapter's tensors -> a MergePlan of base-tensor edits.
 
-The functions here are pure (no I/O). `plan_merge` turns an adapter (its config and tensors)
-into per-base-tensor edits that the streaming writer applies one tensor, or one block of rows,
-at a time. Everything is computed in float32; casting to the output dtype is the caller's job.
+`plan_merge` checks that an adapter fits the base (from the base's tensor shapes alone) and
+turns it into per-base-tensor edits (TensorEdit) that the streaming writer applies one tensor,
+or one block of rows, at a time, with the math of `registry.merge.math`. What is merged, with
+which scaling and refusals, is the PEFT method table's (`registry.formats.peft_methods`). The
+output shard layout is another plan: `registry.merge.layout.ExportPlan`.
 """
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -15,227 +16,31 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from registry.errors import TensorMismatch, Unmergeable
-from registry.formats.peft import AdapterConfig, get_pattern_key
-from registry.merge.errors import IncompatibleBase
-
-MODEL_PREFIX = "base_model.model."
-
-# peft's defaults for r and alpha when the saved config omits them (LoraConfig, LoHaConfig,
-# LoKrConfig all default to r=8, alpha=8).
-DEFAULT_R = 8
-DEFAULT_ALPHA = 8.0
-
-SUPPORTED_TYPES: tuple[str, ...] = ("LORA", "IA3", "LOHA", "LOKR")
-
-# Per-module tensors of each supported method (peft's `adapter_layer_names`), by the name segment
-# that follows the module path.
-COMPONENTS: dict[str, frozenset[str]] = {
-    "LORA": frozenset(
-        {"lora_A", "lora_B", "lora_embedding_A", "lora_embedding_B", "lora_magnitude_vector"}
-    ),
-    "IA3": frozenset({"ia3_l"}),
-    "LOHA": frozenset(
-        {"hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "hada_t1", "hada_t2"}
-    ),
-    "LOKR": frozenset(
-        {"lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b", "lokr_t2"}
-    ),
-}
-
-# LoraConfig fields that change what the adapter computes in ways a weight merge cannot
-# reproduce, or that this exporter does not implement; value -> why.
-_LORA_REFUSED: dict[str, str] = {
-    "alora_invocation_tokens": "Activated LoRA applies the adapter only after its invocation "
-    "tokens, so it cannot be folded into the weights",
-    "layer_replication": "layer_replication changes the model's layer structure",
-    "target_parameters": "LoRA on nn.Parameter targets (target_parameters) is not supported "
-    "by merged export",
-    "trainable_token_indices": "trainable tokens are not supported by merged export",
-    "velora_config": "the VeLoRA variant is not supported by merged export",
-    "monteclora_config": "the MonteCLoRA variant is not supported by merged export",
-    "use_bdlora": "the BD-LoRA variant is not supported by merged export",
-    "arrow_config": "Arrow routing mixes adapters per token, so it cannot be folded into the "
-    "weights",
-    "kasa_config": "the KaSA variant is not supported by merged export",
-}
+from registry.errors import IncompatibleBase, TensorMismatch, Unmergeable
+from registry.formats.peft import AdapterConfig
+from registry.formats.peft_methods import (
+    MODEL_PREFIX,
+    PEFT_METHODS,
+    module_alpha,
+    module_rank,
+    split_component,
+)
+from registry.merge.math import (
+    dora_embedding_merge,
+    dora_merge,
+    lokr_rows,
+    lora_scale,
+    transpose,
+)
 
 RowFn = Callable[[Tensor, int, int], Tensor]
 
-
-# --- the math -------------------------------------------------------------------------------
-
-
-def transpose(weight: Tensor, fan_in_fan_out: bool) -> Tensor:
-    """`weight.T` when `fan_in_fan_out` (Conv1D layout, [in, out]), else `weight`."""
-    return weight.T if fan_in_fan_out else weight
-
-
-def lora_scale(*, alpha: float, r: int, use_rslora: bool = False) -> float:
-    """LoRA's scaling: `alpha / r`, or `alpha / sqrt(r)` with rsLoRA.
-
-    Args:
-        alpha: lora_alpha (after alpha_pattern).
-        r: The rank (after rank_pattern).
-        use_rslora: The config's use_rslora.
-
-    Returns:
-        The scale applied to `B @ A`.
-    """
-    return alpha / math.sqrt(r) if use_rslora else alpha / r
-
-
-def lora_delta(a: Tensor, b: Tensor, *, scale: float, fan_in_fan_out: bool = False) -> Tensor:
-    """LoRA's weight delta `scale * (B @ A)`, in the base weight's layout.
-
-    Args:
-        a: lora_A weight, [r, in].
-        b: lora_B weight, [out, r].
-        scale: From `lora_scale`.
-        fan_in_fan_out: The base weight is stored [in, out] (GPT-2 Conv1D).
-
-    Returns:
-        [out, in], or [in, out] with fan_in_fan_out.
-    """
-    return transpose(b @ a, fan_in_fan_out) * scale
-
-
-def lora_embedding_delta(a: Tensor, b: Tensor, *, scale: float) -> Tensor:
-    """Embedding LoRA's delta `scale * (B @ A).T`.
-
-    Args:
-        a: lora_embedding_A, [r, num_embeddings].
-        b: lora_embedding_B, [embedding_dim, r].
-        scale: From `lora_scale`.
-
-    Returns:
-        [num_embeddings, embedding_dim], the embedding weight's layout.
-    """
-    return (b @ a).T * scale
-
-
-def dora_merge(
-    weight: Tensor,
-    a: Tensor,
-    b: Tensor,
-    magnitude: Tensor,
-    *,
-    scale: float,
-    fan_in_fan_out: bool = False,
-) -> Tensor:
-    """DoRA: `(m / ||W + dW||_row) * (W + dW)`, the norm taken per output feature.
-
-    As peft's DoraLinearVariant.merge: the norm is over the [out, in] view of `W + dW` and is a
-    constant (peft detaches it), so only the magnitude direction is rescaled.
-
-    Args:
-        weight: The base weight (float32), [out, in] or [in, out] with fan_in_fan_out.
-        a: lora_A weight, [r, in].
-        b: lora_B weight, [out, r].
-        magnitude: lora_magnitude_vector, [out].
-        scale: From `lora_scale`.
-        fan_in_fan_out: The base weight is stored [in, out].
-
-    Returns:
-        The merged weight, in the base weight's layout.
-    """
-    delta = lora_delta(a, b, scale=scale, fan_in_fan_out=fan_in_fan_out)
-    norm = torch.linalg.norm(transpose(weight, fan_in_fan_out) + transpose(delta, fan_in_fan_out),
-                             dim=1)
-    factor = transpose((magnitude.reshape(-1) / norm).view(-1, 1), fan_in_fan_out)
-    return factor * (weight + delta)
-
-
-def dora_embedding_merge(
-    weight: Tensor, a: Tensor, b: Tensor, magnitude: Tensor, *, scale: float
-) -> Tensor:
-    """DoRA on an embedding: the norm is per embedding dimension (peft's DoraEmbeddingVariant).
-
-    Args:
-        weight: The embedding weight (float32), [num_embeddings, embedding_dim].
-        a: lora_embedding_A, [r, num_embeddings].
-        b: lora_embedding_B, [embedding_dim, r].
-        magnitude: lora_magnitude_vector, [embedding_dim].
-        scale: From `lora_scale`.
-
-    Returns:
-        The merged weight.
-    """
-    delta = lora_embedding_delta(a, b, scale=scale)
-    norm = torch.linalg.norm(weight.T + delta.T, dim=1)
-    return (magnitude.reshape(-1) / norm).view(1, -1) * (weight + delta)
-
-
-def ia3_merge(weight: Tensor, ia3_l: Tensor, *, fan_in_fan_out: bool = False) -> Tensor:
-    """IA3 on a weight: scale input columns (feedforward, `l` is [1, in]) or output rows ([out, 1]).
-
-    Args:
-        weight: The base weight (float32), [out, in] or [in, out] with fan_in_fan_out.
-        ia3_l: The learned vector as saved: [1, in] for feedforward modules, else [out, 1].
-        fan_in_fan_out: The base weight is stored [in, out].
-
-    Returns:
-        The scaled weight.
-    """
-    return weight * transpose(ia3_l, fan_in_fan_out)
-
-
-def ia3_merge_bias(bias: Tensor, ia3_l: Tensor) -> Tensor:
-    """IA3 on the bias of a non-feedforward module: `bias * l` (feedforward biases are unchanged).
-
-    Args:
-        bias: The base bias (float32), [out].
-        ia3_l: The learned vector, [out, 1].
-
-    Returns:
-        The scaled bias.
-    """
-    return bias * ia3_l.reshape(bias.shape)
-
-
-def loha_delta(
-    w1a: Tensor, w1b: Tensor, w2a: Tensor, w2b: Tensor, *, scale: float, shape: Sequence[int]
-) -> Tensor:
-    """LoHa's delta: `((W1a @ W1b) * (W2a @ W2b)) * alpha / r`, reshaped to the base weight.
-
-    Args:
-        w1a: hada_w1_a, [out, r].
-        w1b: hada_w1_b, [r, in].
-        w2a: hada_w2_a, [out, r].
-        w2b: hada_w2_b, [r, in].
-        scale: alpha / r.
-        shape: The base weight's shape.
-
-    Returns:
-        The delta, shaped like the base weight.
-    """
-    return (((w1a @ w1b) * (w2a @ w2b)) * scale).reshape(tuple(shape))
-
-
-def lokr_delta(w1: Tensor, w2: Tensor, *, scale: float, shape: Sequence[int]) -> Tensor:
-    """LoKr's delta: `kron(W1, W2) * alpha / r`, reshaped to the base weight.
-
-    Args:
-        w1: lokr_w1, or lokr_w1_a @ lokr_w1_b.
-        w2: lokr_w2, or lokr_w2_a @ lokr_w2_b.
-        scale: alpha / r.
-        shape: The base weight's shape.
-
-    Returns:
-        The delta, shaped like the base weight.
-    """
-    return (torch.kron(w1, w2.contiguous()) * scale).reshape(tuple(shape))
-
-
-def _lokr_rows(w1: Tensor, w2: Tensor, scale: float, start: int, stop: int) -> Tensor:
-    # Row i of kron(w1, w2) is w1[i // b] (x) w2[i % b]; build only the w1 rows this block needs.
-    b = w2.shape[0]
-    first, last = start // b, (stop - 1) // b + 1
-    rows = torch.kron(w1[first:last], w2.contiguous()) * scale
-    return rows[start - first * b : stop - first * b]
-
-
-# --- the plan -------------------------------------------------------------------------------
+# What check_mergeable names as supported: the table's mergeable methods, in table order.
+_SUPPORTED = ", ".join(
+    m.name + (f" ({m.merge_note})" if m.merge_note else "")
+    for m in PEFT_METHODS.values()
+    if m.mergeable
+)
 
 
 @dataclass(frozen=True)
@@ -279,6 +84,9 @@ class MergePlan:
 def check_mergeable(config: AdapterConfig) -> None:
     """Refuse adapters that cannot be folded into base weights, from the config alone.
 
+    What merged export supports is the method table's (registry.formats.peft_methods:
+    `mergeable`, `merge_refusal`, `merge_refusals`).
+
     Args:
         config: The parsed adapter config.
 
@@ -286,31 +94,24 @@ def check_mergeable(config: AdapterConfig) -> None:
         Unmergeable: Prompt learning, an unsupported PEFT method or LoRA variant.
     """
     peft_type = config.peft_type
-    if config.is_prompt_learning or peft_type == "ADAPTION_PROMPT":
+    method = PEFT_METHODS.get(peft_type)
+    if method is None or not method.mergeable:
+        if method is not None and method.merge_refusal:
+            raise Unmergeable(f"{peft_type} {method.merge_refusal}")
         raise Unmergeable(
-            f"{peft_type} adds virtual tokens or prompt modules at inference time; it changes "
-            f"no base weight, so there is nothing to merge"
+            f"{peft_type} adapters are not supported by merged export; supported: {_SUPPORTED}"
         )
-    if peft_type not in SUPPORTED_TYPES:
-        raise Unmergeable(
-            f"{peft_type} adapters are not supported by merged export; supported: LORA "
-            f"(including DoRA, rsLoRA, embedding LoRA, lora_bias), IA3, LOHA, LOKR"
-        )
-    raw = config.raw
-    if peft_type == "LORA":
-        for key, why in _LORA_REFUSED.items():
-            if raw.get(key):
-                raise Unmergeable(f"{key} is set: {why}")
-        init = raw.get("init_lora_weights")
-        if isinstance(init, str) and init.lower() == "mica":
-            raise Unmergeable("the MiCA variant is not supported by merged export")
+    for refusal in method.merge_refusals:
+        if refusal.applies(config.raw):
+            setting = "is set" if refusal.value is None else f"is {refusal.value!r}"
+            raise Unmergeable(f"{refusal.key} {setting}: {refusal.why}")
 
 
 def _group(config: AdapterConfig, tensors: Mapping[str, Tensor]) -> tuple[
     dict[str, dict[str, Tensor]], dict[str, Tensor]
 ]:
     """Split adapter tensors into per-module components and whole base tensors to replace."""
-    components = COMPONENTS[config.peft_type]
+    method = PEFT_METHODS[config.peft_type]
     modules: dict[str, dict[str, Tensor]] = {}
     replacements: dict[str, Tensor] = {}
     for name in sorted(tensors):
@@ -320,19 +121,8 @@ def _group(config: AdapterConfig, tensors: Mapping[str, Tensor]) -> tuple[
                 f"{config.peft_type} weights"
             )
         rel = name[len(MODEL_PREFIX) :]
-        segments = rel.split(".")
-        for i in range(1, len(segments)):
-            if segments[i] in components:
-                module = ".".join(segments[:i])
-                key = segments[i]
-                suffix = ".".join(segments[i + 1 :])
-                if suffix == "bias":
-                    key += ".bias"
-                elif suffix not in ("", "weight"):
-                    raise TensorMismatch(f"tensor {name!r}: unexpected suffix {suffix!r}")
-                modules.setdefault(module, {})[key] = tensors[name]
-                break
-        else:
+        split = split_component(rel, method.components)
+        if split is None:
             # Everything else peft saves is a whole parameter that loading copies over the base
             # one: modules_to_save, biases with bias="all"/"lora_only", saved embedding layers.
             owner, _, param = rel.rpartition(".")
@@ -341,6 +131,16 @@ def _group(config: AdapterConfig, tensors: Mapping[str, Tensor]) -> tuple[
             if "modules_to_save" in owner.split(".") or owner.endswith(".token_adapter"):
                 raise Unmergeable(f"tensor {name!r} is not in a layout merged export understands")
             replacements[f"{owner}.{param}" if owner else param] = tensors[name]
+            continue
+        module, key, suffix = split
+        why = method.unmerged_components.get(key)
+        if why is not None:
+            raise Unmergeable(f"module {module!r}: {why} is not supported by merged export")
+        if suffix == "bias":
+            key += ".bias"
+        elif suffix not in ("", "weight"):
+            raise TensorMismatch(f"tensor {name!r}: unexpected suffix {suffix!r}")
+        modules.setdefault(module, {})[key] = tensors[name]
     return modules, replacements
 
 
@@ -402,17 +202,25 @@ class _Planner:
         return name
 
     def rank_alpha(self, module: str) -> tuple[int, float]:
-        c = self.config
-        r_key = get_pattern_key(c.rank_pattern, module)
-        a_key = get_pattern_key(c.alpha_pattern, module)
-        r = c.rank_pattern[r_key] if r_key is not None else (c.r or DEFAULT_R)
-        default_alpha = c.lora_alpha if c.lora_alpha is not None else DEFAULT_ALPHA
-        alpha = c.alpha_pattern[a_key] if a_key is not None else default_alpha
-        return r, float(alpha)
+        # The one resolver (rank_pattern / alpha_pattern, then r / alpha, then peft's default).
+        r, r_source = module_rank(self.config, module)
+        alpha, a_source = module_alpha(self.config, module)
+        if r is None or alpha is None:
+            raise Unmergeable(
+                f"module {module!r}: {r_source if r is None else a_source}, so merged export "
+                f"cannot scale it"
+            )
+        return r, alpha
+
+    def scaled_target(self, module: str, method: str) -> tuple[str, float] | None:
+        """(base weight, alpha / r) of a LoHa or LoKr module; None if the base lacks it."""
+        r, alpha = self.rank_alpha(module)
+        target = self.find(module, "weight", method)
+        return None if target is None else (target, alpha / r)
 
     def orientation(
         self, module: str, method: str, target: str, fits: Callable[[bool], bool],
-        expected: Callable[[bool], list[int]], detail: str,
+        expected: Callable[[bool], list[int | str]], detail: str,
     ) -> bool:
         # peft flips fan_in_fan_out to match the layer it wraps (True for Conv1D, False for
         # nn.Linear), so the base weight's shape decides; the config only breaks ties.
@@ -538,7 +346,7 @@ class _Planner:
         fifo = self.orientation(
             module, "IA3", target,
             lambda f: len(shape) == 2 and shape[dim_of(f)] == n,
-            lambda f: ["*", n] if dim_of(f) == 1 else [n, "*"],  # type: ignore[list-item]
+            lambda f: ["*", n] if dim_of(f) == 1 else [n, "*"],
             f"ia3_l {_shape(vec)}",
         )
         scaling = transpose(self.t(vec), fifo)
@@ -558,11 +366,7 @@ class _Planner:
                 self.add(bias_name, module, "ia3_bias", True, lambda w, s, e: w.mul_(v[s:e]))
 
     def loha(self, module: str, parts: dict[str, Tensor]) -> None:
-        if "hada_t1" in parts or "hada_t2" in parts:
-            raise Unmergeable(
-                f"module {module!r}: LoHa on convolution layers (hada_t1/hada_t2) is not "
-                f"supported by merged export"
-            )
+        # hada_t1/hada_t2 (convolutions) were refused by _group, from the method table.
         names = ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b")
         missing = [n for n in names if n not in parts]
         if missing:
@@ -570,11 +374,10 @@ class _Planner:
         w1a, w1b, w2a, w2b = (parts[n] for n in names)
         if any(t.dim() != 2 for t in (w1a, w1b, w2a, w2b)):
             raise Unmergeable(f"module {module!r}: LoHa on convolution layers is not supported")
-        r, alpha = self.rank_alpha(module)
-        scale = alpha / r
-        target = self.find(module, "weight", "LoHa")
-        if target is None:
+        found = self.scaled_target(module, "LoHa")
+        if found is None:
             return
+        target, scale = found
         expected = [w1a.shape[0], w1b.shape[1]]
         if _shape(self.shapes[target]) != expected or [w2a.shape[0], w2b.shape[1]] != expected:
             raise IncompatibleBase(
@@ -586,11 +389,7 @@ class _Planner:
                  lambda w, s, e: w.add_((w1a[s:e] @ w1b).mul_(w2a[s:e] @ w2b), alpha=scale))
 
     def lokr(self, module: str, parts: dict[str, Tensor]) -> None:
-        if "lokr_t2" in parts:
-            raise Unmergeable(
-                f"module {module!r}: LoKr with effective convolution (lokr_t2) is not "
-                f"supported by merged export"
-            )
+        # lokr_t2 (effective convolution) was refused by _group, from the method table.
         factors: list[Tensor] = []
         for w in ("lokr_w1", "lokr_w2"):
             if w in parts:
@@ -602,11 +401,10 @@ class _Planner:
         w1, w2 = factors
         if w1.dim() != 2 or w2.dim() != 2:
             raise Unmergeable(f"module {module!r}: LoKr on convolution layers is not supported")
-        r, alpha = self.rank_alpha(module)
-        scale = alpha / r
-        target = self.find(module, "weight", "LoKr")
-        if target is None:
+        found = self.scaled_target(module, "LoKr")
+        if found is None:
             return
+        target, scale = found
         expected = [w1.shape[0] * w2.shape[0], w1.shape[1] * w2.shape[1]]
         if _shape(self.shapes[target]) != expected:
             raise IncompatibleBase(
@@ -615,7 +413,7 @@ class _Planner:
                 f"{_shape(self.shapes[target])}"
             )
         self.add(target, module, "lokr", True,
-                 lambda w, s, e: w.add_(_lokr_rows(w1, w2, scale, s, e)))
+                 lambda w, s, e: w.add_(lokr_rows(w1, w2, scale, s, e)))
 
     def replace(self, name: str, tensor: Tensor) -> None:
         target = self.resolve(name)
@@ -643,7 +441,7 @@ def plan_merge(
     base_shapes: Mapping[str, Sequence[int]],
     device: str | torch.device = "cpu",
 ) -> MergePlan:
-    """Turn an adapter into per-base-tensor edits, checking it fits the base.
+    """Turn an adapter into its MergePlan (per-base-tensor edits), checking it fits the base.
 
     Scaling follows peft: per-module `rank_pattern` / `alpha_pattern` (peft's pattern matching),
     `use_rslora`; orientation follows the base weight's shape (Conv1D vs nn.Linear), the
@@ -658,7 +456,7 @@ def plan_merge(
         device: Where the edits compute (adapter tensors are moved there once).
 
     Returns:
-        The plan.
+        The MergePlan.
 
     Raises:
         Unmergeable: The method or a layer type cannot be merged (see `check_mergeable`).
@@ -671,17 +469,21 @@ def plan_merge(
     modules, replacements = _group(config, tensors)
     for name in sorted(replacements):
         planner.replace(name, replacements[name])
-    method = {
-        "LORA": planner.lora,
-        "IA3": planner.ia3,
-        "LOHA": planner.loha,
-        "LOKR": planner.lokr,
-    }[config.peft_type]
+    plan_module = PLANNERS[config.peft_type]
     for module in sorted(modules):
-        method(module, modules[module])
+        plan_module(planner, module, modules[module])
     if planner.missing:
         shown = "; ".join(planner.missing[:5])
         more = f" (and {len(planner.missing) - 5} more)" if len(planner.missing) > 5 else ""
         raise IncompatibleBase(f"{shown}{more}")
     touched = sorted({e.module for edits in planner.edits.values() for e in edits})
     return MergePlan(edits=planner.edits, modules=tuple(touched))
+
+
+# How the planner folds each method the table marks mergeable, by peft_type.
+PLANNERS: dict[str, Callable[[_Planner, str, dict[str, Tensor]], None]] = {
+    "LORA": _Planner.lora,
+    "IA3": _Planner.ia3,
+    "LOHA": _Planner.loha,
+    "LOKR": _Planner.lokr,
+}

@@ -1,7 +1,10 @@
-"""Merged export planning: every check made before writing, tied embeddings, the output shards.
+"""The output layout of a merged export (ExportPlan): every check made before writing, tied
+embeddings, the output shards.
 
 Everything here works from the base's headers and small JSON files, so a bad adapter, base or
-argument is refused before the first byte of output exists.
+argument is refused before the first byte of output exists. The adapter's own edits come from
+`registry.merge.edits` (a MergePlan); an ExportPlan holds that MergePlan and where every output
+tensor goes.
 """
 
 from __future__ import annotations
@@ -16,10 +19,9 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 
-from registry.errors import InvalidBaseModel, InvalidInput
-from registry.formats.peft import AdapterConfig
-from registry.merge.deltas import MergePlan, plan_merge
-from registry.merge.errors import QuantizedBase
+from registry.errors import InvalidBaseModel, InvalidInput, QuantizedBase
+from registry.formats.peft import INPUT_EMBEDDING_NAMES, AdapterConfig
+from registry.merge.edits import MergePlan, plan_merge
 from registry.merge.files import (
     CONFIG,
     SAFE_INDEX,
@@ -46,13 +48,7 @@ _ST_NAME = {v: k for k, v in FLOAT_DTYPES.items()}
 _TORCH_NAME = {"F16": "float16", "BF16": "bfloat16", "F32": "float32", "F64": "float64"}
 
 # Input embeddings a tied output head can share, when transformers cannot tell us the pair.
-_INPUT_EMBEDDING_SUFFIXES = (
-    "embed_tokens.weight",
-    "wte.weight",
-    "word_embeddings.weight",
-    "embed_in.weight",
-    "shared.weight",
-)
+_INPUT_EMBEDDING_SUFFIXES = tuple(sorted(f"{name}.weight" for name in INPUT_EMBEDDING_NAMES))
 
 
 def check_args(dtype: str | None, device: str, max_shard_bytes: int) -> torch.device:
@@ -79,7 +75,7 @@ def _tie_enabled(config: dict[str, Any]) -> bool:
     if "tie_word_embeddings" in config:
         return bool(config["tie_word_embeddings"])
     with contextlib.suppress(Exception):
-        from transformers import AutoConfig
+        from transformers import AutoConfig  # local: transformers costs ~1 s of start-up
 
         cfg = AutoConfig.for_model(**config)
         return bool(getattr(cfg, "tie_word_embeddings", False))
@@ -91,7 +87,7 @@ def _tied_pairs(config: dict[str, Any], names: Mapping[str, Entry]) -> dict[str,
     pairs: dict[str, str] = {}
     with contextlib.suppress(Exception):
         # The model class knows its tied keys; building it on the meta device costs no memory.
-        import transformers
+        import transformers  # local: transformers costs ~1 s of start-up
 
         arch = (config.get("architectures") or [None])[0]
         cls = getattr(transformers, str(arch), None)
@@ -111,7 +107,7 @@ def _tied_pairs(config: dict[str, Any], names: Mapping[str, Entry]) -> dict[str,
     return {t: s for t, s in pairs.items() if s in names or t in names}
 
 
-# --- output planning --------------------------------------------------------------------------
+# --- output layout ----------------------------------------------------------------------------
 
 
 @dataclass
@@ -153,6 +149,7 @@ def _pack(tensors: list[OutTensor], max_bytes: int) -> list[OutShard]:
 class ExportPlan:
     """What an export will write, decided before anything is.
 
+    `merge` is the adapter's MergePlan (per-tensor edits); `shards` the output shard layout;
     `copied` are the base's non-weight files, copied as they are except config.json, which is
     rewritten when `new_config` differs from `config`; `dtype` is the one MergeResult reports.
     """
@@ -174,7 +171,7 @@ def plan_export(
     max_shard_bytes: int,
     dev: torch.device,
 ) -> ExportPlan:
-    """Read the base's headers, check the adapter against them, and plan the output shards.
+    """Read the base's headers, check the adapter against them (its MergePlan), lay out the shards.
 
     Args:
         base: Where the base checkpoint's files come from.
@@ -185,7 +182,7 @@ def plan_export(
         dev: The device the merge will compute on.
 
     Returns:
-        The plan merge_to_dir writes.
+        The ExportPlan merge_to_dir writes.
 
     Raises:
         QuantizedBase, IncompatibleBase, InvalidBaseModel: as merge_to_dir documents.
@@ -217,7 +214,7 @@ def plan_export(
                 f"base {SAFE_INDEX} does not match the shards' contents (first: {wrong[0]})"
             )
 
-    # Tied output embeddings are usually absent from the checkpoint; expose them to the plan so
+    # Tied output embeddings are usually absent from the checkpoint; expose them to plan_merge so
     # an adapter on lm_head resolves, and materialise them only if the pair diverges.
     tied = _tied_pairs(config, entries) if _tie_enabled(config) else {}
     shapes: dict[str, tuple[int, ...]] = {n: e.shape for n, e in entries.items()}
@@ -226,11 +223,11 @@ def plan_export(
             shapes[target] = shapes[source]
 
     adapter = load_file(str(adapter_weights))
-    plan = plan_merge(adapter_config, adapter, base_shapes=shapes, device=dev)
+    merge_plan = plan_merge(adapter_config, adapter, base_shapes=shapes, device=dev)
     del adapter
 
-    diverged = {t for t, s in tied.items() if t in plan.edits or s in plan.edits}
-    for name, edits in plan.edits.items():
+    diverged = {t for t, s in tied.items() if t in merge_plan.edits or s in merge_plan.edits}
+    for name, edits in merge_plan.edits.items():
         found = entries.get(name) or entries.get(tied.get(name, ""))
         if found is not None and found.dtype not in FLOAT_DTYPES:
             raise QuantizedBase(
@@ -269,7 +266,7 @@ def plan_export(
     result_dtype = dtype or (_TORCH_NAME[float_out.pop()] if len(float_out) == 1 else "mixed")
 
     return ExportPlan(
-        merge=plan,
+        merge=merge_plan,
         shards=shards,
         copied=[f for f in files if f not in weight_like and f not in shard_files],
         config=config,
