@@ -154,8 +154,8 @@ def seed_registry(url: str, db_url: str, work: Path, versions: int) -> dict[str,
     versions through the API would take far longer than the query being measured.
     """
     from registry.client import HttpRegistry
+    from registry.clientside.transfer import push, register_base_dir
     from registry.config import Settings
-    from registry.transfer import push, register_base_dir
 
     client = HttpRegistry(url, timeout=600)
     settings = Settings(home=work / "client-home")

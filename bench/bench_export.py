@@ -15,7 +15,8 @@ the same run, each in its own process:
 Targets (issue): our peak RSS <= 30% of PEFT's; our wall time <= 60% of PEFT's and <= 2.5x the
 plain copy. Peak RSS is the kernel's ru_maxrss of the step's process (wait4); wall time is the
 whole process, interpreter start, imports and exit included (the ours step exits the way the
-CLI does: registry.process.exit_process skips torch's interpreter teardown). Every step starts
+CLI does: registry.clientside.process.exit_process skips torch's interpreter teardown).
+Every step starts
 after os.sync() with the base in the page cache (it was just written) and on freshly recycled
 pages (bench.common.Primer, untimed), and writes its output to the same disk; the median of
 --repeats runs is reported. Both merged outputs are compared
@@ -428,8 +429,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.step == "ours":
         print(json.dumps(step_ours(args.base, args.adapter, args.out, args.max_shard)))
-        # Ends the way `adapter-registry export` ends (registry.process.exit_process).
-        from registry.process import exit_process
+        # Ends the way `adapter-registry export` ends (registry.clientside.process.exit_process).
+        from registry.clientside.process import exit_process
 
         exit_process(0)
     if args.step == "peft":

@@ -7,8 +7,9 @@ in this process. The adapter's blobs are uploaded once; each version then differ
 metadata, so the timed loop is exactly ``POST /api/v1/adapters/{name}/versions`` (the server
 still re-validates the config and safetensors header of every version from the blob store).
 
-A second, shorter loop times ``registry.transfer.push`` end to end (client-side checks, hashing,
-HEAD per blob, create), which is what ``adapter-registry push`` costs minus process start-up.
+A second, shorter loop times ``registry.clientside.transfer.push`` end to end (client-side
+checks, hashing, HEAD per blob, create), which is what ``adapter-registry push`` costs minus
+process start-up.
 
 Backends: ``sqlite`` (the embedded default: SQLite + local store) and, when PostgreSQL answers
 at $REGISTRY_TEST_PG_HOST:$REGISTRY_TEST_PG_PORT (default 127.0.0.1:5432), ``postgres``
@@ -117,8 +118,8 @@ def _run_backend(backend: str, adapter_dir: Path, home: Path, count: int, push_c
             assert client.get_version(ADAPTER, None).version == count
 
             if push_count:
+                from registry.clientside.transfer import push
                 from registry.config import Settings
-                from registry.transfer import push
 
                 settings = Settings()
                 push_lat = []
@@ -201,7 +202,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--count", type=int, default=1000)
     p.add_argument("--push-count", type=int, default=100,
-                   help="versions registered afterwards with registry.transfer.push (0: skip)")
+                   help="versions registered afterwards with "
+                        "registry.clientside.transfer.push (0: skip)")
     p.add_argument("--backends", default="sqlite,postgres")
     p.add_argument("--adapter", choices=["peft", "handwritten"], default="peft")
     p.add_argument("--results-name", default="register")

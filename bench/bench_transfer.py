@@ -119,7 +119,7 @@ def _hash_baseline(path: Path) -> float:
 
 def _cli_overhead(url: str, env: dict[str, str]) -> dict[str, float | None]:
     """Fixed cost of one CLI command: ``show`` of a missing adapter imports what push and pull
-    import (registry.transfer) and makes one request, then exits 3 (not found)."""
+    import (registry.clientside.transfer) and makes one request, then exits 3 (not found)."""
     runs = [run_measured([CLI, "--url", url, "--json", "show", "bench-no-such-adapter"], env=env)
             for _ in range(3)]
     for r in runs:

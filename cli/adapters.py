@@ -7,8 +7,8 @@ from pathlib import Path
 import click
 
 from cli.output import CliState, fail, pass_state
-from registry.adapters.refs import parse_ref
-from registry.adapters.schemas import LineageNodeOut, LineageOut, VersionOut
+from registry.adapters.schemas import ExportSummaryOut, LineageNodeOut, LineageOut, VersionOut
+from registry.refs import parse_ref
 
 
 def _parse_meta(pairs: tuple[str, ...]) -> dict[str, str]:
@@ -36,7 +36,7 @@ def push(state: CliState, name: str, directory: Path, base_model: str | None,
          parent: str | None, meta: tuple[str, ...], idempotency_key: str | None,
          description: str | None) -> None:
     """Register a new version of NAME from a PEFT adapter DIRECTORY."""
-    from registry.transfer import push as do_push
+    from registry.clientside.transfer import push as do_push
 
     metadata = _parse_meta(meta)
     result = do_push(
@@ -49,11 +49,11 @@ def push(state: CliState, name: str, directory: Path, base_model: str | None,
             "uploaded": result.uploaded, "skipped": result.skipped, "ref": v.ref}
 
     verdict = v.compatibility
-    if verdict is not None and not verdict["compatible"]:
-        reasons = "; ".join(r.get("message", "") for r in verdict["reasons"][:3])
+    if verdict is not None and not verdict.compatible:
+        reasons = "; ".join(r.message for r in verdict.reasons[:3])
         click.echo(f"warning: {v.ref} is not compatible with base {v.base_model}: {reasons}",
                    err=True)
-    data["compatible"] = verdict["compatible"] if verdict is not None else None
+    data["compatible"] = verdict.compatible if verdict is not None else None
 
     def human() -> None:
         what = "pushed" if result.created else "already registered (idempotency key)"
@@ -75,7 +75,7 @@ def push(state: CliState, name: str, directory: Path, base_model: str | None,
 def pull(state: CliState, ref: str, directory: Path, export_base: str | None,
          export_dtype: str | None) -> None:
     """Write the files of REF (NAME or NAME:VERSION) into DIRECTORY, verified."""
-    from registry.transfer import pull as do_pull
+    from registry.clientside.transfer import pull as do_pull
 
     if export_base is not None:
         _pull_export(state, ref, directory, export_base, export_dtype)
@@ -92,9 +92,9 @@ def pull(state: CliState, ref: str, directory: Path, export_base: str | None,
 
 def _pull_export(state: CliState, ref: str, directory: Path, base: str,
                  dtype: str | None) -> None:
+    from registry.clientside.export import pull_export
+    from registry.clientside.transfer import resolve
     from registry.errors import NotFound
-    from registry.exports.run import pull_export
-    from registry.transfer import resolve
 
     backend = state.backend()
     version = resolve(backend, ref)
@@ -164,8 +164,8 @@ def _describe(v: VersionOut) -> None:
             click.echo(f"    {_export_line(e)}")
 
 
-def _export_line(e: dict) -> str:
-    return f"{e['base']}@{e['base_revision']}\t{e['dtype']}\t{e['total_size']} bytes"
+def _export_line(e: ExportSummaryOut) -> str:
+    return f"{e.base}@{e.base_revision}\t{e.dtype}\t{e.total_size} bytes"
 
 
 @click.command()
@@ -173,7 +173,7 @@ def _export_line(e: dict) -> str:
 @pass_state
 def show(state: CliState, ref: str) -> None:
     """Show one version: REF is NAME (latest) or NAME:VERSION."""
-    from registry.transfer import resolve
+    from registry.clientside.transfer import resolve
 
     version = resolve(state.backend(), ref)
     state.emit(version.model_dump(mode="json"), lambda: _describe(version))
@@ -217,7 +217,7 @@ def _describe_lineage(lin: LineageOut) -> None:
 def lineage(state: CliState, ref: str) -> None:
     """Where REF comes from (its parents) and what came of it (versions pushed with it, or
     one of them, as --parent, in any adapter), with every merged export of each."""
-    from registry.transfer import resolve
+    from registry.clientside.transfer import resolve
 
     backend = state.backend()
     version = resolve(backend, ref)

@@ -36,7 +36,7 @@ def register(state: CliState, name: str, source: str, revision: str | None) -> N
         )
         uploaded: list[str] = []
     else:
-        from registry.transfer import register_base_dir
+        from registry.clientside.transfer import register_base_dir
 
         local = Path(source[len("file://"):] if source.startswith("file://") else source)
         model, created, uploaded = register_base_dir(

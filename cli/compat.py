@@ -2,26 +2,23 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import click
 
 from cli.output import CliState, fail, pass_state
-from registry.adapters.refs import parse_ref
-from registry.errors import InvalidReference
+from registry.compat.schemas import VerdictOut
+from registry.refs import parse_ref, refuse_alias
 
 
-def _print_verdict(v: dict[str, Any]) -> None:
-    state = "compatible" if v["compatible"] else "INCOMPATIBLE"
-    click.echo(f"{v['name']}:{v['version']} on {v['base']}@{v['base_revision']}: {state}")
-    for r in v["reasons"]:
-        click.echo(f"  reason:  {r.get('message')}")
-    for w in v["warnings"]:
-        click.echo(f"  warning: {w.get('message')}")
-    for target, info in sorted(v.get("serving", {}).items()):
-        ok = "yes" if info.get("supported") else "no"
-        why = "; ".join(str(x.get("message", x)) if isinstance(x, dict) else str(x)
-                        for x in info.get("reasons", []))
+def _print_verdict(v: VerdictOut) -> None:
+    state = "compatible" if v.compatible else "INCOMPATIBLE"
+    click.echo(f"{v.name}:{v.version} on {v.base}@{v.base_revision}: {state}")
+    for r in v.reasons:
+        click.echo(f"  reason:  {r.message}")
+    for w in v.warnings:
+        click.echo(f"  warning: {w.message}")
+    for target, info in sorted(v.serving.items()):
+        ok = "yes" if info.supported else "no"
+        why = "; ".join(x.message for x in info.reasons)
         click.echo(f"  serving {target}: {ok}{' (' + why + ')' if why else ''}")
 
 
@@ -43,23 +40,21 @@ def compat(state: CliState, ref: str | None, base_name: str | None,
     if ref is None and base_name is None:
         fail("give REF, --base B, or both")
     if ref is not None:
-        parsed = parse_ref(ref)
-        if parsed.alias is not None:
-            raise InvalidReference(
-                f"aliases are not supported by this registry yet; use {parsed.name}:VERSION"
-            )
+        parsed = refuse_alias(parse_ref(ref))
         if base_name is not None:
             verdict = backend.compat_verdict(parsed.name, parsed.version, base=base_name,
                                              base_revision=base_revision)
-            state.emit(verdict, lambda: _print_verdict(verdict))
+            state.emit(verdict.model_dump(mode="json"), lambda: _print_verdict(verdict))
             return
         found = backend.compatible_bases(parsed.name, parsed.version)
-        state.emit(found, lambda: _print_list([f"{b['name']}@{b['revision']}" for b in found],
-                                              "no compatible base model"))
+        state.emit([b.model_dump(mode="json") for b in found],
+                   lambda: _print_list([f"{b.name}@{b.revision}" for b in found],
+                                       "no compatible base model"))
         return
     versions = backend.compatible_versions(base=str(base_name), base_revision=base_revision)
-    state.emit(versions, lambda: _print_list([f"{v['name']}:{v['version']}" for v in versions],
-                                             "no compatible adapter version"))
+    state.emit([v.model_dump(mode="json") for v in versions],
+               lambda: _print_list([f"{v.name}:{v.version}" for v in versions],
+                                   "no compatible adapter version"))
 
 
 def _print_list(lines: list[str], empty: str) -> None:

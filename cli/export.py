@@ -45,7 +45,7 @@ def parse_size(text: str) -> int:
 def export(state: CliState, ref: str, base_name: str, out: Path, dtype: str | None,
            max_shard_size: str, device: str, upload: bool, force: bool) -> None:
     """Write a merged, HF-loadable checkpoint of REF folded into base model --base."""
-    from registry.exports.run import export as run_export
+    from registry.clientside.export import export as run_export
 
     result = run_export(
         state.backend(), ref=ref, base=base_name, out=out, settings=state.settings(),

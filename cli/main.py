@@ -11,7 +11,7 @@ from pydantic import ValidationError
 from cli import adapters, base, compat, db, export, gc, server
 from cli.output import CliState, exit_code_for, fail
 from registry import __version__, errors
-from registry.process import exit_process
+from registry.clientside.process import exit_process
 
 
 class RegistryGroup(click.Group):

@@ -11,7 +11,8 @@ from typing import Any, NoReturn
 import click
 
 from registry import errors
-from registry.client import HttpRegistry, RegistryBackend
+from registry.backend import RegistryBackend
+from registry.client import HttpRegistry
 from registry.config import Settings
 
 # Exit codes: 1 invalid input or other failure, 2 usage (click), 3 not found, 4 conflict,

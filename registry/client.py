@@ -1,8 +1,7 @@
-"""Typed HTTP client for the registry API; the CLI and CI scripts use it.
+"""Typed HTTP client for the registry API; the CLI, CI scripts and remote workers use it.
 
-``HttpRegistry`` and ``registry.local.LocalRegistry`` implement the same ``RegistryBackend``
-protocol, so push and pull (``registry.transfer``) run unchanged against a server or the
-embedded registry.
+``HttpRegistry`` implements ``registry.backend.RegistryBackend``, as the embedded
+``registry.local.LocalRegistry`` does, so every command runs unchanged against either.
 """
 
 from __future__ import annotations
@@ -11,53 +10,22 @@ import contextlib
 import http.client
 import json
 import ssl
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, BinaryIO, NoReturn, Protocol
+from typing import Any, BinaryIO, NoReturn
 
 import httpx
 
 from registry import errors
 from registry.adapters.schemas import AdapterOut, CreateVersionIn, LineageOut, VersionOut
+from registry.backend import Progress
 from registry.base_models.schemas import BaseModelOut, RegisterBaseIn
+from registry.compat.schemas import CompatibleBaseOut, CompatibleVersionOut, VerdictOut
 from registry.exports.schemas import CreateExportIn, ExportOut
+from registry.storage import parse_digest
 from registry.storage.sink import BackgroundSha256
 
-Progress = Callable[[int], None] | None
 CHUNK = 1024 * 1024
-
-
-class RegistryBackend(Protocol):
-    """What push, pull, list, show and gc need from a registry, remote or embedded."""
-
-    def blob_exists(self, digest: str) -> bool: ...
-    def upload_blob(self, digest: str, path: Path, *, progress: Progress = None) -> None: ...
-    def can_upload_unhashed(self, size: int) -> bool: ...
-    def upload_new_blob(self, path: Path, *, progress: Progress = None) -> str: ...
-    # Writes the blob's bytes to ``out`` in chunks; a chunk's buffer is not reused before the
-    # write after next, so a sink may keep reading a chunk until its next write returns.
-    def download_blob(self, digest: str, out: BinaryIO, *, progress: Progress = None) -> None: ...
-    def create_version(self, name: str, body: CreateVersionIn) -> tuple[VersionOut, bool]: ...
-    def get_version(self, name: str, version: int | None) -> VersionOut: ...
-    def list_adapters(self) -> list[AdapterOut]: ...
-    def list_versions(self, name: str) -> list[VersionOut]: ...
-    def lineage(self, name: str, version: int) -> LineageOut: ...
-    def gc(self, *, grace_seconds: int | None, dry_run: bool) -> dict[str, Any]: ...
-    def register_base(self, body: RegisterBaseIn) -> tuple[BaseModelOut, bool]: ...
-    def get_base(self, name: str, revision: str | None = None) -> BaseModelOut: ...
-    def list_bases(self) -> list[BaseModelOut]: ...
-    def compat_verdict(self, name: str, version: int | None, *, base: str,
-                       base_revision: str | None = None) -> dict[str, Any]: ...
-    def compatible_versions(self, *, base: str,
-                            base_revision: str | None = None) -> list[dict[str, Any]]: ...
-    def compatible_bases(self, name: str, version: int | None) -> list[dict[str, Any]]: ...
-    def create_export(self, body: CreateExportIn) -> tuple[ExportOut, bool]: ...
-    def list_exports(self, name: str, version: int, *, base: str | None = None,
-                     base_revision: str | None = None,
-                     dtype: str | None = None) -> list[ExportOut]: ...
-    def local_blob_path(self, digest: str) -> Path | None: ...
-    def read_blob_range(self, digest: str, offset: int, length: int) -> bytes: ...
-    def close(self) -> None: ...
 
 
 def check_uploaded(path: Path, stored: str, sent: str) -> str:
@@ -75,17 +43,7 @@ def check_uploaded(path: Path, stored: str, sent: str) -> str:
     return stored
 
 
-def _error_classes() -> dict[str, type[errors.RegistryError]]:
-    found: dict[str, type[errors.RegistryError]] = {}
-    stack: list[type[errors.RegistryError]] = [errors.RegistryError]
-    while stack:
-        cls = stack.pop()
-        found.setdefault(cls.code, cls)
-        stack.extend(cls.__subclasses__())
-    return found
-
-
-_ERRORS = _error_classes()
+_ERRORS = errors.classes_by_code()
 
 
 def _raise_error(status: int, body: bytes) -> NoReturn:
@@ -151,6 +109,7 @@ class HttpRegistry:
         return response
 
     def blob_exists(self, digest: str) -> bool:
+        parse_digest(digest)  # a HEAD answer has no body to name the error: check here
         try:
             self._request("HEAD", f"/api/v1/blobs/{digest}")
         except errors.NotFound:
@@ -284,26 +243,23 @@ class HttpRegistry:
         return [BaseModelOut.model_validate(b) for b in response.json()]
 
     def compat_verdict(self, name: str, version: int | None, *, base: str,
-                       base_revision: str | None = None) -> dict[str, Any]:
+                       base_revision: str | None = None) -> VerdictOut:
         which = "latest" if version is None else str(version)
         params = {"base": base, **({"base_revision": base_revision} if base_revision else {})}
         response = self._request("GET", f"/api/v1/adapters/{name}/versions/{which}/compat",
                                  params=params)
-        result: dict[str, Any] = response.json()
-        return result
+        return VerdictOut.model_validate(response.json())
 
     def compatible_versions(self, *, base: str,
-                            base_revision: str | None = None) -> list[dict[str, Any]]:
+                            base_revision: str | None = None) -> list[CompatibleVersionOut]:
         params = {"base": base, **({"base_revision": base_revision} if base_revision else {})}
         response = self._request("GET", "/api/v1/compat", params=params)
-        result: list[dict[str, Any]] = response.json()
-        return result
+        return [CompatibleVersionOut.model_validate(v) for v in response.json()]
 
-    def compatible_bases(self, name: str, version: int | None) -> list[dict[str, Any]]:
+    def compatible_bases(self, name: str, version: int | None) -> list[CompatibleBaseOut]:
         which = "latest" if version is None else str(version)
         response = self._request("GET", f"/api/v1/adapters/{name}/versions/{which}/compat")
-        result: list[dict[str, Any]] = response.json()
-        return result
+        return [CompatibleBaseOut.model_validate(b) for b in response.json()]
 
     def create_export(self, body: CreateExportIn) -> tuple[ExportOut, bool]:
         response = self._request("POST", "/api/v1/exports", json=body.model_dump(mode="json"))
@@ -330,10 +286,8 @@ class HttpRegistry:
                 "GET", f"/api/v1/blobs/{digest}",
                 headers={"Range": f"bytes={offset}-{offset + length - 1}"},
             )
-        except errors.RegistryError as exc:
-            if exc.status_code == 416:
-                return b""
-            raise
+        except errors.RangeNotSatisfiable:
+            return b""
         return response.content
 
     def close(self) -> None:

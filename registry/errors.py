@@ -12,6 +12,8 @@ class RegistryError(Exception):
 
     status_code: int = 400
     code: str = "registry_error"
+    # Extra HTTP response headers the API sends with this error (e.g. Content-Range on 416).
+    headers: dict[str, str] | None = None
 
     def __init__(self, detail: str | None = None) -> None:
         self.detail = detail or (self.__class__.__doc__ or "").strip().splitlines()[0]
@@ -125,6 +127,18 @@ class DigestMismatch(InvalidInput):
     code = "digest_mismatch"
 
 
+class RangeNotSatisfiable(InvalidInput):
+    """The requested byte range lies outside the blob."""
+
+    status_code = 416
+    code = "range_not_satisfiable"
+
+    def __init__(self, detail: str | None = None, *, size: int | None = None) -> None:
+        super().__init__(detail)
+        if size is not None:
+            self.headers = {"Content-Range": f"bytes */{size}"}
+
+
 class TooLarge(InvalidInput):
     """The content exceeds the configured size limit."""
 
@@ -217,3 +231,16 @@ class SchemaOutdated(RegistryError):
 
     status_code = 503
     code = "schema_outdated"
+
+
+def classes_by_code() -> dict[str, type[RegistryError]]:
+    """Every error class of this module by its code; the HTTP client maps codes back with it.
+
+    Built from this module alone, so the map does not depend on which other modules happen to
+    be imported.
+    """
+    found: dict[str, type[RegistryError]] = {}
+    for value in list(globals().values()):
+        if isinstance(value, type) and issubclass(value, RegistryError):
+            found.setdefault(value.code, value)
+    return found

@@ -1,23 +1,30 @@
-"""The embedded registry: the RegistryBackend protocol served in-process, without HTTP."""
+"""The embedded registry: the RegistryBackend protocol served in-process, without HTTP.
+
+Like ``registry/api``, a composition root: it calls every domain's service, one transaction
+per call, exactly as the routers do.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from registry.adapters import queries as adapter_queries
 from registry.adapters import service as adapters
 from registry.adapters.schemas import AdapterOut, CreateVersionIn, LineageOut, VersionOut
-from registry.base_models import service as bases
+from registry.backend import Progress
+from registry.base_models import queries as base_queries
+from registry.base_models import service as base_models
 from registry.base_models.schemas import BaseModelOut, RegisterBaseIn
 from registry.blobs import service as blobs
-from registry.client import Progress
-from registry.compat import service as compat
+from registry.compat.schemas import CompatibleBaseOut, CompatibleVersionOut, VerdictOut
 from registry.config import Settings
 from registry.context import RegistryContext
 from registry.db.engine import session_scope
-from registry.errors import BlobNotFound, TooLarge
+from registry.errors import BlobNotFound
 from registry.exports import service as exports
 from registry.exports.schemas import CreateExportIn, ExportOut
+from registry.storage.local import LocalBlobStore
 
 
 class LocalRegistry:
@@ -31,17 +38,8 @@ class LocalRegistry:
             return blobs.get_blob(session, digest=digest) is not None
 
     def upload_blob(self, digest: str, path: Path, *, progress: Progress = None) -> None:
-        limit = self.ctx.settings.max_file_bytes
-        if path.stat().st_size > limit:
-            raise TooLarge(f"{path.name} exceeds the limit of {limit} bytes")
-        with self.ctx.store.writer(digest, max_size=limit) as writer, path.open("rb") as fh:
-            while chunk := fh.read(1024 * 1024):
-                writer.write(chunk)
-                if progress:
-                    progress(len(chunk))
-            size = writer.commit()
-        with session_scope(self.ctx.sessions) as session:
-            blobs.record_blob(session, digest=digest, size=size)
+        blobs.store_file(self.ctx.sessions, self.ctx.store, path, digest=digest,
+                         max_size=self.ctx.settings.max_file_bytes, progress=progress)
 
     def can_upload_unhashed(self, size: int) -> bool:
         if not self.ctx.store.digest_after_upload:
@@ -50,20 +48,9 @@ class LocalRegistry:
             return not blobs.size_stored(session, size=size)
 
     def upload_new_blob(self, path: Path, *, progress: Progress = None) -> str:
-        limit = self.ctx.settings.max_file_bytes
-        if path.stat().st_size > limit:
-            raise TooLarge(f"{path.name} exceeds the limit of {limit} bytes")
         # In process the writer's own hash is the file's digest: nothing travels in between.
-        with self.ctx.store.new_blob_writer(max_size=limit) as writer, path.open("rb") as fh:
-            while chunk := fh.read(1024 * 1024):
-                writer.write(chunk)
-                if progress:
-                    progress(len(chunk))
-            size = writer.commit()
-        assert writer.digest is not None  # set by commit()
-        with session_scope(self.ctx.sessions) as session:
-            blobs.record_blob(session, digest=writer.digest, size=size)
-        return writer.digest
+        return blobs.store_file(self.ctx.sessions, self.ctx.store, path, digest=None,
+                                max_size=self.ctx.settings.max_file_bytes, progress=progress)
 
     def download_blob(self, digest: str, out: BinaryIO, *, progress: Progress = None) -> None:
         with session_scope(self.ctx.sessions) as session:
@@ -83,7 +70,7 @@ class LocalRegistry:
 
     def get_version(self, name: str, version: int | None) -> VersionOut:
         with session_scope(self.ctx.sessions) as session:
-            return adapters.to_out(adapters.get_version(session, name=name, version=version))
+            return adapters.to_out(adapter_queries.get_version(session, name=name, version=version))
 
     def list_adapters(self) -> list[AdapterOut]:
         with session_scope(self.ctx.sessions) as session:
@@ -91,7 +78,7 @@ class LocalRegistry:
 
     def list_versions(self, name: str) -> list[VersionOut]:
         with session_scope(self.ctx.sessions) as session:
-            return [adapters.to_out(v) for v in adapters.list_versions(session, name=name)]
+            return [adapters.to_out(v) for v in adapter_queries.list_versions(session, name=name)]
 
     def lineage(self, name: str, version: int) -> LineageOut:
         with session_scope(self.ctx.sessions) as session:
@@ -106,33 +93,34 @@ class LocalRegistry:
 
     def register_base(self, body: RegisterBaseIn) -> tuple[BaseModelOut, bool]:
         with session_scope(self.ctx.sessions) as session:
-            base, created = bases.register_base(
+            base, created = base_models.register_base(
                 session, self.ctx.store, body=body, settings=self.ctx.settings
             )
-            return bases.to_out(base), created
+            return base_models.to_out(base), created
 
     def get_base(self, name: str, revision: str | None = None) -> BaseModelOut:
         with session_scope(self.ctx.sessions) as session:
-            return bases.to_out(bases.get_base(session, name=name, revision=revision))
+            return base_models.to_out(base_queries.get_base(session, name=name, revision=revision))
 
     def list_bases(self) -> list[BaseModelOut]:
         with session_scope(self.ctx.sessions) as session:
-            return [bases.to_out(b) for b in bases.list_bases(session)]
+            return [base_models.to_out(b) for b in base_queries.list_bases(session)]
 
     def compat_verdict(self, name: str, version: int | None, *, base: str,
-                       base_revision: str | None = None) -> dict[str, Any]:
+                       base_revision: str | None = None) -> VerdictOut:
         with session_scope(self.ctx.sessions) as session:
-            return compat.verdict_for(session, name=name, version=version, base=base,
-                                      base_revision=base_revision)
+            return adapters.version_verdict(session, name=name, version=version, base=base,
+                                            base_revision=base_revision)
 
     def compatible_versions(self, *, base: str,
-                            base_revision: str | None = None) -> list[dict[str, Any]]:
+                            base_revision: str | None = None) -> list[CompatibleVersionOut]:
         with session_scope(self.ctx.sessions) as session:
-            return compat.compatible_versions(session, base=base, base_revision=base_revision)
+            return base_models.compatible_versions(session, base=base,
+                                                   base_revision=base_revision)
 
-    def compatible_bases(self, name: str, version: int | None) -> list[dict[str, Any]]:
+    def compatible_bases(self, name: str, version: int | None) -> list[CompatibleBaseOut]:
         with session_scope(self.ctx.sessions) as session:
-            return compat.compatible_bases(session, name=name, version=version)
+            return adapters.version_compatible_bases(session, name=name, version=version)
 
     def create_export(self, body: CreateExportIn) -> tuple[ExportOut, bool]:
         with session_scope(self.ctx.sessions) as session:
@@ -149,8 +137,6 @@ class LocalRegistry:
 
     def local_blob_path(self, digest: str) -> Path | None:
         """The blob's own file when the store is a local directory (no copy needed)."""
-        from registry.storage.local import LocalBlobStore
-
         store = self.ctx.store
         if isinstance(store, LocalBlobStore) and store.exists(digest):
             return store.path_for(digest)

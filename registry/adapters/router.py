@@ -1,14 +1,23 @@
-"""Adapter routes: create a version from uploaded blobs, list, show, tensor manifest."""
+"""Adapter routes: create a version from uploaded blobs, list, show, tensors, lineage, compat."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Query, Response
 
-from registry.adapters import service
+from registry.adapters import queries, service
 from registry.adapters.schemas import AdapterOut, CreateVersionIn, LineageOut, VersionOut
-from registry.api.deps import AdapterName, SessionDep, SettingsDep, StoreDep, VersionNumber
+from registry.api.deps import (
+    AdapterName,
+    BaseRevision,
+    SessionDep,
+    SettingsDep,
+    StoreDep,
+    VersionNumber,
+)
+from registry.compat.schemas import CompatibleBaseOut, VerdictOut
+from registry.errors import InvalidReference
 
 router = APIRouter(prefix="/api/v1/adapters", tags=["adapters"])
 
@@ -42,12 +51,12 @@ def create_version(
 
 @router.get("/{name:path}/versions", response_model=list[VersionOut])
 def list_versions(name: AdapterName, session: SessionDep) -> list[VersionOut]:
-    return [service.to_out(v) for v in service.list_versions(session, name=name)]
+    return [service.to_out(v) for v in queries.list_versions(session, name=name)]
 
 
 @router.get("/{name:path}/versions/latest", response_model=VersionOut)
 def latest_version(name: AdapterName, session: SessionDep) -> VersionOut:
-    return service.to_out(service.get_version(session, name=name, version=None))
+    return service.to_out(queries.get_version(session, name=name, version=None))
 
 
 @router.get("/{name:path}/versions/{version}/tensors")
@@ -64,6 +73,31 @@ def version_lineage(name: AdapterName, version: VersionNumber, session: SessionD
     return service.lineage(session, name=name, version=version)
 
 
+def _version_or_latest(value: str) -> int | None:
+    if value == "latest":
+        return None
+    if not value.isascii() or not value.isdigit() or int(value) < 1:
+        raise InvalidReference(f"invalid version {value!r}: an integer from 1, or 'latest'")
+    return int(value)
+
+
+@router.get("/{name:path}/versions/{version}/compat",
+            response_model=VerdictOut | list[CompatibleBaseOut])
+def version_compat(
+    name: AdapterName,
+    version: Annotated[str, "a version number or 'latest'"],
+    session: SessionDep,
+    base: Annotated[str | None, Query(max_length=200)] = None,
+    base_revision: BaseRevision = None,
+) -> VerdictOut | list[CompatibleBaseOut]:
+    """With ``base``: the static verdict for that pair. Without: every base model it fits."""
+    number = _version_or_latest(version)
+    if base is None:
+        return service.version_compatible_bases(session, name=name, version=number)
+    return service.version_verdict(session, name=name, version=number, base=base,
+                                   base_revision=base_revision)
+
+
 @router.get("/{name:path}/versions/{version}", response_model=VersionOut)
 def get_version(name: AdapterName, version: VersionNumber, session: SessionDep) -> VersionOut:
-    return service.to_out(service.get_version(session, name=name, version=version))
+    return service.to_out(queries.get_version(session, name=name, version=version))

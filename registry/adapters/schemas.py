@@ -7,6 +7,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from registry.compat.schemas import LinkedVerdictOut
+
 
 class FileOut(BaseModel):
     path: str
@@ -17,6 +19,15 @@ class FileOut(BaseModel):
 class VersionRefOut(BaseModel):
     name: str
     version: int
+
+
+class ExportSummaryOut(BaseModel):
+    """A merged checkpoint recorded for a version, as the version object lists it."""
+
+    base: str
+    base_revision: str
+    dtype: str
+    total_size: int
 
 
 class VersionOut(BaseModel):
@@ -46,10 +57,10 @@ class VersionOut(BaseModel):
     created_by: str | None
     files: list[FileOut]
     adapter_config: dict[str, Any]
-    compatibility: dict[str, Any] | None = Field(
+    compatibility: LinkedVerdictOut | None = Field(
         default=None, description="static verdict against the linked base model"
     )
-    exports: list[dict[str, Any]] = Field(
+    exports: list[ExportSummaryOut] = Field(
         default_factory=list, description="merged checkpoints recorded for this version"
     )
 
@@ -66,7 +77,7 @@ class LineageNodeOut(BaseModel):
     parent: VersionRefOut | None
     depth: int = Field(description="steps from the version asked about (0: itself)")
     created_at: datetime
-    exports: list[dict[str, Any]] = Field(
+    exports: list[ExportSummaryOut] = Field(
         default_factory=list, description="merged checkpoints recorded for this version"
     )
 

@@ -1,60 +1,53 @@
-"""Adapter versions: create (static checks + one transaction), look up, list."""
+"""Adapter versions: create (static checks + one transaction), list, show, lineage, compat."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
-from collections.abc import Sequence
 
-from sqlalchemy import func, select
+from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session, selectinload
 
-from registry.adapters.refs import Ref, validate_name
+from registry.adapters.queries import get_version
 from registry.adapters.schemas import (
     AdapterOut,
     CreateVersionIn,
+    ExportSummaryOut,
     FileOut,
     LineageNodeOut,
     LineageOut,
     VersionOut,
     VersionRefOut,
 )
+from registry.base_models import queries as base_queries
 from registry.blobs.service import BlobFiles, blobs_for
+from registry.compat import service as compat
+from registry.compat.schemas import CompatibleBaseOut, VerdictOut
 from registry.config import Settings
 from registry.db.base import utcnow
 from registry.db.dialect import insert_ignore
 from registry.db.models import (
     Adapter,
     AdapterVersion,
-    BaseModel,
+    BaseModelRow,
     Export,
     VersionFile,
     VersionStatus,
 )
 from registry.errors import (
-    AdapterNotFound,
     IdempotencyConflict,
     InvalidInput,
     InvalidReference,
     TooLarge,
-    VersionNotFound,
 )
 from registry.formats import inspect_adapter, normalize_path
-from registry.storage import BlobStore, parse_digest
+from registry.refs import parse_ref, validate_name
+from registry.storage import BlobStore, manifest_digest, parse_digest
 
 _META_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,200}$")
 _GIT_COMMIT = re.compile(r"^[0-9a-fA-F]{7,64}$")
 MAX_META_VALUE = 2000
-
-
-def content_digest(files: dict[str, str]) -> str:
-    """Digest of a version's file manifest: equal for equal content, whatever the push order."""
-    h = hashlib.sha256()
-    for path in sorted(files):
-        h.update(f"{path}\t{files[path]}\n".encode())
-    return f"sha256:{h.hexdigest()}"
 
 
 def _check_request(body: CreateVersionIn, settings: Settings) -> None:
@@ -88,24 +81,21 @@ def _check_request(body: CreateVersionIn, settings: Settings) -> None:
 def _resolve_parent(session: Session, parent: str | None) -> AdapterVersion | None:
     if parent is None:
         return None
-    from registry.adapters.refs import parse_ref
-
     ref = parse_ref(parent)
     if ref.version is None:
         raise InvalidReference(f"parent must name a version as NAME:VERSION, got {parent!r}")
     return get_version(session, name=ref.name, version=ref.version)
 
 
-def _resolve_base(session: Session, name: str | None, declared: str | None) -> BaseModel | None:
-    from registry.base_models import service as bases
-
+def _resolve_base(session: Session, name: str | None,
+                  declared: str | None) -> BaseModelRow | None:
     if name is not None:
-        return bases.get_base(session, name=name)
+        return base_queries.get_base(session, name=name)
     # No --base: a registered base whose name is the config's base_model_name_or_path.
-    return bases.find_base(session, declared)
+    return base_queries.find_base(session, declared)
 
 
-def _same_request(existing: AdapterVersion, digest: str, base: BaseModel | None,
+def _same_request(existing: AdapterVersion, digest: str, base: BaseModelRow | None,
                   parent: AdapterVersion | None) -> bool:
     return (
         existing.content_digest == digest
@@ -139,7 +129,7 @@ def create_version(
     """
     validate_name(name)
     _check_request(body, settings)
-    digest = content_digest(body.files)
+    digest = manifest_digest(body.files)
 
     files = blobs_for(session, body.files)
     inspection = inspect_adapter(
@@ -208,73 +198,10 @@ def create_version(
         adapter.description = body.description
     session.add(version)
     session.flush()
-    from registry.compat import service as compat
-
-    compat.refresh_for_version(session, version=version)
+    compat.refresh_for_version(session, version=version, bases=base_queries.list_bases(session),
+                               find_base=base_queries.find_base)
     session.refresh(version, ["verdicts"])
     return version, True
-
-
-def _version_query():  # type: ignore[no-untyped-def]
-    return select(AdapterVersion).options(
-        selectinload(AdapterVersion.files).selectinload(VersionFile.blob),
-        selectinload(AdapterVersion.adapter),
-        selectinload(AdapterVersion.base_model),
-        selectinload(AdapterVersion.parent).selectinload(AdapterVersion.adapter),
-        selectinload(AdapterVersion.verdicts),
-        selectinload(AdapterVersion.exports).selectinload(Export.base_model),
-    )
-
-
-def _adapter(session: Session, name: str) -> Adapter:
-    validate_name(name)
-    adapter = session.scalars(select(Adapter).where(Adapter.name == name)).one_or_none()
-    if adapter is None:
-        raise AdapterNotFound(f"no adapter {name!r}")
-    return adapter
-
-
-def get_version(session: Session, *, name: str, version: int | None) -> AdapterVersion:
-    """The version ``name:version``, or the latest when ``version`` is None.
-
-    Raises:
-        AdapterNotFound, VersionNotFound.
-    """
-    adapter = _adapter(session, name)
-    stmt = _version_query().where(AdapterVersion.adapter_id == adapter.id)
-    if version is None:
-        stmt = stmt.order_by(AdapterVersion.version.desc()).limit(1)
-    else:
-        stmt = stmt.where(AdapterVersion.version == version)
-    found = session.scalars(stmt).one_or_none()
-    if found is None:
-        if version is None:
-            raise VersionNotFound(f"adapter {name!r} has no versions")
-        raise VersionNotFound(f"no version {name}:{version}")
-    return found
-
-
-def resolve_ref(session: Session, ref: Ref) -> AdapterVersion:
-    """Resolve a parsed reference to a version.
-
-    Raises:
-        AdapterNotFound, VersionNotFound, InvalidReference (aliases are not supported yet).
-    """
-    if ref.alias is not None:
-        raise InvalidReference(
-            f"aliases are not supported by this registry yet; use {ref.name}:VERSION"
-        )
-    return get_version(session, name=ref.name, version=ref.version)
-
-
-def list_versions(session: Session, *, name: str) -> Sequence[AdapterVersion]:
-    adapter = _adapter(session, name)
-    stmt = (
-        _version_query()
-        .where(AdapterVersion.adapter_id == adapter.id)
-        .order_by(AdapterVersion.version)
-    )
-    return session.scalars(stmt).all()
 
 
 def list_adapters(session: Session) -> list[AdapterOut]:
@@ -336,7 +263,7 @@ def to_out(v: AdapterVersion) -> VersionOut:
         created_by=v.created_by,
         files=[FileOut(path=f.path, digest=f.blob.digest, size=f.blob.size) for f in v.files],
         adapter_config=v.adapter_config,
-        compatibility=_linked_verdict(v),
+        compatibility=compat.linked_verdict(v),
         exports=_exports(v),
     )
 
@@ -345,10 +272,10 @@ def _parent_ref(v: AdapterVersion) -> VersionRefOut | None:
     return VersionRefOut(name=v.parent.adapter.name, version=v.parent.version) if v.parent else None
 
 
-def _exports(v: AdapterVersion) -> list[dict[str, object]]:
+def _exports(v: AdapterVersion) -> list[ExportSummaryOut]:
     return [
-        {"base": e.base_model.name, "base_revision": e.base_model.revision,
-         "dtype": e.dtype, "total_size": e.total_size}
+        ExportSummaryOut(base=e.base_model.name, base_revision=e.base_model.revision,
+                         dtype=e.dtype, total_size=e.total_size)
         for e in sorted(v.exports, key=lambda e: e.id)
     ]
 
@@ -357,7 +284,7 @@ MAX_LINEAGE = 1000  # versions listed per direction
 _IN_CHUNK = 500  # ids per IN (...) list
 
 
-def _lineage_query():  # type: ignore[no-untyped-def]
+def _lineage_query() -> Select[AdapterVersion]:
     return select(AdapterVersion).options(
         selectinload(AdapterVersion.adapter),
         selectinload(AdapterVersion.base_model),
@@ -426,9 +353,25 @@ def lineage(session: Session, *, name: str, version: int | None,
                       ancestors=ancestors, descendants=descendants, truncated=truncated)
 
 
-def _linked_verdict(v: AdapterVersion) -> dict[str, object] | None:
-    for verdict in v.verdicts:
-        if verdict.base_model_id == v.base_model_id:
-            return {"compatible": verdict.compatible, "reasons": verdict.reasons,
-                    "warnings": verdict.warnings, "serving": verdict.serving}
-    return None
+def version_verdict(session: Session, *, name: str, version: int | None, base: str,
+                    base_revision: str | None = None) -> VerdictOut:
+    """The static verdict for ``name:version`` on ``base``, computed now if never computed.
+
+    Raises:
+        AdapterNotFound, VersionNotFound, BaseModelNotFound.
+    """
+    v = get_version(session, name=name, version=version)
+    b = base_queries.get_base(session, name=base, revision=base_revision)
+    return compat.verdict_for(session, version=v, base=b, find_base=base_queries.find_base)
+
+
+def version_compatible_bases(session: Session, *, name: str,
+                             version: int | None) -> list[CompatibleBaseOut]:
+    """Every registered base model ``name:version`` fits.
+
+    Raises:
+        AdapterNotFound, VersionNotFound.
+    """
+    v = get_version(session, name=name, version=version)
+    return compat.compatible_bases(session, version=v, bases=base_queries.list_bases(session),
+                                   find_base=base_queries.find_base)

@@ -25,9 +25,9 @@ from registry.adapters.router import router as adapters_router
 from registry.admin.router import router as admin_router
 from registry.api.deps import ContextDep
 from registry.api.errors import install_error_handlers
+from registry.base_models.router import compat_router
 from registry.base_models.router import router as base_models_router
 from registry.blobs.router import router as blobs_router
-from registry.compat.router import router as compat_router
 from registry.config import Settings
 from registry.context import RegistryContext
 from registry.errors import RegistryError

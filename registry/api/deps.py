@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Annotated
 
-from fastapi import Depends, Path, Request
+from fastapi import Depends, Path, Query, Request
 from sqlalchemy.orm import Session
 
 from registry.config import Settings
@@ -44,3 +44,5 @@ AdapterName = Annotated[
 ]
 VersionNumber = Annotated[int, Path(ge=1, le=2**31 - 1, description="version number")]
 Digest = Annotated[str, Path(description="sha256:<64 hex digits>", max_length=71)]
+BaseName = Annotated[str, Query(max_length=200, description="base model name")]
+BaseRevision = Annotated[str | None, Query(max_length=200, description="default: latest")]

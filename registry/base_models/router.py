@@ -1,17 +1,25 @@
-"""Base model routes: register, list, show, tensor manifest."""
+"""Base model routes: register, list, show, tensor manifest, and the versions that fit one."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Response
 
-from registry.api.deps import AdapterName, SessionDep, SettingsDep, StoreDep
-from registry.base_models import service
+from registry.api.deps import (
+    AdapterName,
+    BaseName,
+    BaseRevision,
+    SessionDep,
+    SettingsDep,
+    StoreDep,
+)
+from registry.base_models import queries, service
 from registry.base_models.schemas import BaseModelOut, RegisterBaseIn
+from registry.compat.schemas import CompatibleVersionOut
 
 router = APIRouter(prefix="/api/v1/base-models", tags=["base models"])
-Revision = Annotated[str | None, Query(max_length=200, description="default: latest")]
+compat_router = APIRouter(prefix="/api/v1", tags=["compatibility"])
 
 
 @router.post("", response_model=BaseModelOut, status_code=201,
@@ -26,15 +34,23 @@ def register_base(body: RegisterBaseIn, session: SessionDep, store: StoreDep,
 
 @router.get("", response_model=list[BaseModelOut])
 def list_bases(session: SessionDep) -> list[BaseModelOut]:
-    return [service.to_out(b) for b in service.list_bases(session)]
+    return [service.to_out(b) for b in queries.list_bases(session)]
 
 
 @router.get("/{name:path}/tensors")
 def base_tensors(name: AdapterName, session: SessionDep,
-                 revision: Revision = None) -> dict[str, Any]:
-    return service.get_base(session, name=name, revision=revision).tensor_manifest
+                 revision: BaseRevision = None) -> dict[str, Any]:
+    return queries.get_base(session, name=name, revision=revision).tensor_manifest
 
 
 @router.get("/{name:path}", response_model=BaseModelOut)
-def show_base(name: AdapterName, session: SessionDep, revision: Revision = None) -> BaseModelOut:
-    return service.to_out(service.get_base(session, name=name, revision=revision))
+def show_base(name: AdapterName, session: SessionDep,
+              revision: BaseRevision = None) -> BaseModelOut:
+    return service.to_out(queries.get_base(session, name=name, revision=revision))
+
+
+@compat_router.get("/compat", response_model=list[CompatibleVersionOut])
+def compatible_versions(session: SessionDep, base: BaseName,
+                        base_revision: BaseRevision = None) -> list[CompatibleVersionOut]:
+    """Every adapter version statically compatible with the base model."""
+    return service.compatible_versions(session, base=base, base_revision=base_revision)

@@ -1,40 +1,32 @@
-"""Base models: register (local upload, hf://, s3://), look up by name and revision, list."""
+"""Base models: register (local upload, hf://, s3://), and the adapter versions that fit one."""
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Sequence
-
 from sqlalchemy import select
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy.orm import Session
 
-from registry.adapters.refs import validate_name
+from registry.base_models.queries import find_base, get_base
 from registry.base_models.schemas import BaseFileOut, BaseModelOut, RegisterBaseIn
 from registry.base_models.sources import open_remote
 from registry.blobs.service import BlobFiles, blobs_for
+from registry.compat import service as compat
 from registry.compat.manifest import config_summary, shape_fingerprint
+from registry.compat.schemas import CompatibleVersionOut
 from registry.config import Settings
 from registry.db.dialect import add_unless_exists
-from registry.db.models import BaseModel, BaseModelFile
+from registry.db.models import BaseModelFile, BaseModelRow, SourceKind
 from registry.errors import (
     BaseModelConflict,
-    BaseModelNotFound,
     InvalidInput,
     TooLarge,
     UnsafeFormat,
 )
 from registry.formats import PICKLE_SUFFIXES, normalize_path
 from registry.formats.checkpoint import Checkpoint, read_checkpoint
-from registry.storage import BlobStore, parse_digest
+from registry.refs import validate_name
+from registry.storage import BlobStore, manifest_digest, parse_digest
 
 LOCAL_PREFIX = "file://"
-
-
-def _local_content_id(files: dict[str, str]) -> str:
-    h = hashlib.sha256()
-    for path in sorted(files):
-        h.update(f"{path}\t{files[path]}\n".encode())
-    return f"sha256:{h.hexdigest()}"
 
 
 def _check_files(files: dict[str, str], settings: Settings) -> None:
@@ -50,19 +42,19 @@ def _check_files(files: dict[str, str], settings: Settings) -> None:
 
 
 def _choose_revision(session: Session, *, name: str, requested: str | None, content_id: str,
-                     pinned: str, kind: str) -> tuple[str, BaseModel | None]:
+                     pinned: str, kind: str) -> tuple[str, BaseModelRow | None]:
     """Apply the naming rules: same weights are idempotent; new weights need a new revision.
 
     Returns:
         ``(revision, existing)`` where ``existing`` is the row to return unchanged, if any.
     """
-    rows = list(session.scalars(select(BaseModel).where(BaseModel.name == name)))
+    rows = list(session.scalars(select(BaseModelRow).where(BaseModelRow.name == name)))
     same = [r for r in rows if r.content_id == content_id]
     if requested is None:
         if same:
             return same[-1].revision, same[-1]
         # An hf:// source pins its own revision (the commit); files and S3 objects do not.
-        if rows and kind != "hf":
+        if rows and kind != SourceKind.hf:
             latest = max(rows, key=lambda r: r.created_at)
             raise BaseModelConflict(
                 f"base model {name!r} is already registered with different weights "
@@ -84,7 +76,7 @@ def _choose_revision(session: Session, *, name: str, requested: str | None, cont
 
 def register_base(
     session: Session, store: BlobStore, *, body: RegisterBaseIn, settings: Settings
-) -> tuple[BaseModel, bool]:
+) -> tuple[BaseModelRow, bool]:
     """Register a base model revision and its header-only manifest.
 
     Args:
@@ -108,10 +100,10 @@ def register_base(
             sorted(blobs), BlobFiles(store, blobs),
             max_header_bytes=settings.max_header_bytes, max_config_bytes=settings.max_config_bytes,
         )
-        content_id = _local_content_id(body.files)
+        content_id = manifest_digest(body.files)
         pinned = f"local-{content_id[7:19]}"
         source = body.source if body.source.startswith(LOCAL_PREFIX) else LOCAL_PREFIX + body.source
-        kind = "file"
+        kind = SourceKind.file
         records = [
             BaseModelFile(path=p, size=b.size, blob=b) for p, b in sorted(blobs.items())
         ]
@@ -130,7 +122,7 @@ def register_base(
             for p, s in sorted(remote.sizes.items())
         ]
     # An hf:// revision is the commit the source resolved to, whatever --revision named.
-    requested = None if kind == "hf" else body.revision
+    requested = None if kind == SourceKind.hf else body.revision
     revision, existing = _choose_revision(
         session, name=body.name, requested=requested, content_id=content_id, pinned=pinned,
         kind=kind,
@@ -151,17 +143,15 @@ def register_base(
             raise BaseModelConflict(f"base model {body.name}@{revision} was registered "
                                     "concurrently; retry")
         return existing, False
-    from registry.compat import service as compat
-
-    compat.refresh_for_base(session, base=base)
+    compat.refresh_for_base(session, base=base, find_base=find_base)
     return base, True
 
 
 def _new_base(body: RegisterBaseIn, checkpoint: Checkpoint, *, revision: str, source: str,
-              kind: str, content_id: str) -> BaseModel:
+              kind: str, content_id: str) -> BaseModelRow:
     summary = config_summary(checkpoint.config)
     tensors = checkpoint.tensors
-    return BaseModel(
+    return BaseModelRow(
         name=body.name,
         revision=revision,
         source=source,
@@ -182,55 +172,7 @@ def _new_base(body: RegisterBaseIn, checkpoint: Checkpoint, *, revision: str, so
     )
 
 
-def get_base(session: Session, *, name: str, revision: str | None = None) -> BaseModel:
-    """The base model ``name`` at ``revision``, or its latest registered revision.
-
-    Raises:
-        BaseModelNotFound: with the command that registers it.
-    """
-    validate_name(name, what="base model name")
-    stmt = (
-        select(BaseModel)
-        .options(selectinload(BaseModel.files).selectinload(BaseModelFile.blob))
-        .where(BaseModel.name == name, BaseModel.source_kind != "none")
-    )
-    if revision is not None:
-        stmt = stmt.where(BaseModel.revision == revision)
-    found = session.scalars(stmt.order_by(BaseModel.created_at.desc(), BaseModel.id.desc())
-                            .limit(1)).one_or_none()
-    if found is None:
-        which = f"{name}@{revision}" if revision else name
-        raise BaseModelNotFound(
-            f"no base model {which!r}; register it with: adapter-registry base register "
-            f"{name} PATH_OR_SOURCE"
-        )
-    return found
-
-
-def find_base(session: Session, name: str | None) -> BaseModel | None:
-    """The latest registered base called ``name``, or None (no error)."""
-    if not name:
-        return None
-    stmt = (
-        select(BaseModel)
-        .where(BaseModel.name == name, BaseModel.source_kind != "none")
-        .order_by(BaseModel.created_at.desc(), BaseModel.id.desc())
-        .limit(1)
-    )
-    return session.scalars(stmt).one_or_none()
-
-
-def list_bases(session: Session) -> Sequence[BaseModel]:
-    stmt = (
-        select(BaseModel)
-        .options(selectinload(BaseModel.files).selectinload(BaseModelFile.blob))
-        .where(BaseModel.source_kind != "none")
-        .order_by(BaseModel.name, BaseModel.created_at)
-    )
-    return session.scalars(stmt).all()
-
-
-def to_out(b: BaseModel) -> BaseModelOut:
+def to_out(b: BaseModelRow) -> BaseModelOut:
     return BaseModelOut(
         name=b.name,
         revision=b.revision,
@@ -253,4 +195,16 @@ def to_out(b: BaseModel) -> BaseModelOut:
             for f in b.files
         ],
         config=b.config,
+    )
+
+
+def compatible_versions(session: Session, *, base: str,
+                        base_revision: str | None = None) -> list[CompatibleVersionOut]:
+    """Every adapter version statically compatible with ``base`` (one indexed query).
+
+    Raises:
+        BaseModelNotFound.
+    """
+    return compat.compatible_versions(
+        session, base=get_base(session, name=base, revision=base_revision)
     )

@@ -12,8 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from registry.db.enums import SourceKind
 from registry.errors import InvalidInput, SourceUnavailable
 from registry.formats import FileAccess, normalize_path
+from registry.storage import make_s3_client
 
 HF_REPO_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9][A-Za-z0-9_.-]*)?$")
 S3_RE = re.compile(r"^s3://([a-z0-9][a-z0-9.-]{1,61}[a-z0-9])(?:/(.*))?$")
@@ -30,7 +32,7 @@ def wanted(path: str) -> bool:
 class RemoteCheckpoint:
     """A resolved, pinned remote checkpoint and read access to its files."""
 
-    kind: str
+    kind: SourceKind
     uri: str
     revision: str
     sizes: dict[str, int]
@@ -108,6 +110,7 @@ def open_hf(ref: HfRef, *, revision: str | None, cache_dir: Path | None,
     Raises:
         SourceUnavailable: the repository or revision cannot be resolved.
     """
+    # huggingface_hub loads here, not at start-up: only hf:// sources need it (~0.2 s).
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
@@ -134,7 +137,8 @@ def open_hf(ref: HfRef, *, revision: str | None, cache_dir: Path | None,
             p: (folder / p).resolve().name if (folder / p).is_symlink() else None for p in paths
         }
         return RemoteCheckpoint(
-            kind="hf", uri=f"hf://{ref.repo_id}@{sha}", revision=sha, sizes=sizes, etags=etags,
+            kind=SourceKind.hf, uri=f"hf://{ref.repo_id}@{sha}", revision=sha, sizes=sizes,
+            etags=etags,
             access=_DirFiles(folder), content_id=f"hf:{ref.repo_id}@{sha}", local_dir=folder,
         )
     return _open_hf_online(ref.repo_id, wanted_rev, cache_dir=cache_dir)
@@ -150,6 +154,7 @@ class _HfHttpFiles:
         return self.sizes[path]
 
     def read(self, path: str, offset: int, length: int) -> bytes:
+        # huggingface_hub loads here, not at start-up: only hf:// sources need it.
         from huggingface_hub import hf_hub_url
         from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
 
@@ -168,7 +173,7 @@ class _HfHttpFiles:
 
 
 def _open_hf_online(repo_id: str, revision: str, *, cache_dir: Path | None) -> RemoteCheckpoint:
-    from huggingface_hub import HfApi
+    from huggingface_hub import HfApi  # loaded here, not at start-up: only hf:// needs it
 
     try:
         info = HfApi().model_info(repo_id, revision=revision, files_metadata=True)
@@ -187,7 +192,7 @@ def _open_hf_online(repo_id: str, revision: str, *, cache_dir: Path | None) -> R
             lfs = getattr(sibling, "lfs", None)
             etags[sibling.rfilename] = getattr(lfs, "sha256", None) if lfs else sibling.blob_id
     return RemoteCheckpoint(
-        kind="hf", uri=f"hf://{repo_id}@{sha}", revision=sha, sizes=sizes, etags=etags,
+        kind=SourceKind.hf, uri=f"hf://{repo_id}@{sha}", revision=sha, sizes=sizes, etags=etags,
         access=_HfHttpFiles(repo_id, sha, sizes), content_id=f"hf:{repo_id}@{sha}",
     )
 
@@ -205,7 +210,7 @@ class _S3Files:
         return self.sizes[path]
 
     def read(self, path: str, offset: int, length: int) -> bytes:
-        from botocore.exceptions import BotoCoreError, ClientError
+        from botocore.exceptions import BotoCoreError, ClientError  # boto3: ~0.25 s at start-up
 
         if length <= 0:
             return b""
@@ -227,9 +232,7 @@ def open_s3(ref: S3Ref, *, revision: str | None) -> RemoteCheckpoint:
     Raises:
         SourceUnavailable: the bucket cannot be listed.
     """
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    from registry.storage import make_s3_client
+    from botocore.exceptions import BotoCoreError, ClientError  # boto3: ~0.25 s at start-up
 
     client = make_s3_client()
     prefix = f"{ref.prefix}/" if ref.prefix else ""
@@ -251,7 +254,7 @@ def open_s3(ref: S3Ref, *, revision: str | None) -> RemoteCheckpoint:
     content_id = _content_id({p: f"{sizes[p]}:{etags[p]}" for p in sizes})
     uri = f"s3://{ref.bucket}/{ref.prefix}" if ref.prefix else f"s3://{ref.bucket}"
     return RemoteCheckpoint(
-        kind="s3", uri=uri, revision=revision or f"etag-{content_id[7:19]}", sizes=sizes,
+        kind=SourceKind.s3, uri=uri, revision=revision or f"etag-{content_id[7:19]}", sizes=sizes,
         etags=etags, access=_S3Files(client, ref.bucket, ref.prefix, sizes),
         content_id=content_id,
     )

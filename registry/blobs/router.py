@@ -16,9 +16,8 @@ from registry.api.deps import ContextDep, Digest, SessionDep, StoreDep
 from registry.blobs import service
 from registry.blobs.schemas import BlobSizeOut, BlobUploadOut
 from registry.context import RegistryContext
-from registry.db.engine import session_scope
-from registry.errors import BlobNotFound, InvalidInput, TooLarge
-from registry.storage import BlobWriter, parse_digest
+from registry.errors import BlobNotFound, InvalidInput, RangeNotSatisfiable, TooLarge
+from registry.storage import parse_digest
 
 router = APIRouter(prefix="/api/v1/blobs", tags=["blobs"])
 
@@ -60,10 +59,7 @@ def get_blob(digest: Digest, session: SessionDep, store: StoreDep,
             raise InvalidInput("unsupported Range: use a single 'bytes=START-END'")
         start, end = int(match.group(1)), int(match.group(2))
         if start > end or start >= blob.size:
-            return JSONResponse(
-                {"error": "range_not_satisfiable", "detail": f"blob has {blob.size} bytes"},
-                status_code=416, headers={"Content-Range": f"bytes */{blob.size}"},
-            )
+            raise RangeNotSatisfiable(f"blob has {blob.size} bytes", size=blob.size)
         end = min(end, blob.size - 1)
         if end - start + 1 > MAX_RANGE:
             raise TooLarge(f"ranges are limited to {MAX_RANGE} bytes")
@@ -78,17 +74,21 @@ def get_blob(digest: Digest, session: SessionDep, store: StoreDep,
     )
 
 
-def _check_declared_length(request: Request, limit: int) -> None:
+def _declared_length(request: Request) -> int | None:
     declared = request.headers.get("content-length")
-    if declared is not None:
-        if not declared.isdigit():
-            raise InvalidInput("invalid Content-Length")
-        if int(declared) > limit:
-            raise TooLarge(f"blob of {declared} bytes exceeds the limit of {limit} bytes")
+    if declared is None:
+        return None
+    if not declared.isdigit():
+        raise InvalidInput("invalid Content-Length")
+    return int(declared)
 
 
-async def _receive(request: Request, writer: BlobWriter) -> int:
-    """Stream the request body into ``writer`` and commit it; returns the blob's size."""
+async def _receive(request: Request, ctx: RegistryContext, digest: str | None) -> tuple[str, int]:
+    """Stream the request body into a new upload, then publish and record it."""
+    writer = await run_in_threadpool(
+        service.start_upload, ctx.store, digest=digest, max_size=ctx.settings.max_file_bytes,
+        declared_size=_declared_length(request),
+    )
 
     def write_all(chunks: list[bytes]) -> None:
         for chunk in chunks:
@@ -114,7 +114,7 @@ async def _receive(request: Request, writer: BlobWriter) -> int:
             inflight = None
         if pending:
             await run_in_threadpool(write_all, pending)
-        return await run_in_threadpool(writer.commit)
+        return await run_in_threadpool(service.finish_upload, ctx.sessions, writer)
     except BaseException:
         if inflight is not None:
             await asyncio.gather(inflight, return_exceptions=True)
@@ -122,23 +122,11 @@ async def _receive(request: Request, writer: BlobWriter) -> int:
         raise
 
 
-async def _record(ctx: RegistryContext, digest: str, size: int) -> None:
-    def record() -> None:
-        with session_scope(ctx.sessions) as session:
-            service.record_blob(session, digest=digest, size=size)
-
-    await run_in_threadpool(record)
-
-
 @router.put("/{digest}", status_code=201)
 async def put_blob(digest: Digest, request: Request, ctx: ContextDep) -> Response:
     """Stream the body into the store; it becomes visible only if its sha256 equals ``digest``."""
     parse_digest(digest)
-    limit = ctx.settings.max_file_bytes
-    _check_declared_length(request, limit)
-    writer = await run_in_threadpool(ctx.store.writer, digest, max_size=limit)
-    size = await _receive(request, writer)
-    await _record(ctx, digest, size)
+    await _receive(request, ctx, digest)
     return Response(
         status_code=201,
         headers={"Location": f"/api/v1/blobs/{digest}", "Docker-Content-Digest": digest},
@@ -161,13 +149,7 @@ async def upload_new_blob(request: Request, ctx: ContextDep) -> JSONResponse:
     hashes while sending and compares with the digest returned). Only where the blob store can
     name a blob after its upload (the local store); elsewhere 422 (S3's new_blob_writer refuses
     before a byte is read): PUT by digest instead."""
-    limit = ctx.settings.max_file_bytes
-    _check_declared_length(request, limit)
-    writer = await run_in_threadpool(ctx.store.new_blob_writer, max_size=limit)
-    size = await _receive(request, writer)
-    digest = writer.digest
-    assert digest is not None  # set by commit()
-    await _record(ctx, digest, size)
+    digest, size = await _receive(request, ctx, None)
     return JSONResponse(
         BlobUploadOut(digest=digest, size=size).model_dump(),
         status_code=201,

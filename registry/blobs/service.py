@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from pathlib import Path
 
 from sqlalchemy import delete, exists, select
 from sqlalchemy.orm import Session, sessionmaker
@@ -12,8 +14,10 @@ from registry.db.base import utcnow
 from registry.db.dialect import insert_ignore
 from registry.db.engine import session_scope
 from registry.db.models import BaseModelFile, Blob, ExportFile, VersionFile
-from registry.errors import BlobNotFound
-from registry.storage import BlobStore, parse_digest
+from registry.errors import BlobNotFound, TooLarge
+from registry.storage import BlobStore, BlobWriter, parse_digest
+
+READ_CHUNK = 1024 * 1024
 
 
 def get_blob(session: Session, *, digest: str) -> Blob | None:
@@ -67,6 +71,63 @@ def record_blob(session: Session, *, digest: str, size: int) -> None:
         {"digest": digest, "size": size, "created_at": utcnow()},
         keys=["digest"],
     )
+
+
+def start_upload(store: BlobStore, *, digest: str | None, max_size: int,
+                 declared_size: int | None = None) -> BlobWriter:
+    """Open a writer for an upload: named by ``digest``, or by its content when None.
+
+    Raises:
+        InvalidDigest, TooLarge (the declared size is over the limit before a byte is read),
+        InvalidInput (the store cannot name a blob after its upload), StorageError.
+    """
+    if declared_size is not None and declared_size > max_size:
+        raise TooLarge(f"blob of {declared_size} bytes exceeds the limit of {max_size} bytes")
+    if digest is None:
+        return store.new_blob_writer(max_size=max_size)
+    return store.writer(digest, max_size=max_size)
+
+
+def finish_upload(factory: sessionmaker[Session], writer: BlobWriter) -> tuple[str, int]:
+    """Verify and publish a fully written upload, then record its row.
+
+    The one place a blob becomes visible (HEAD answers from the row), whoever received it: the
+    blob routes and the embedded registry both end their uploads here.
+
+    Returns:
+        ``(digest, size)``.
+
+    Raises:
+        DigestMismatch (the upload is aborted), StorageError.
+    """
+    size = writer.commit()
+    digest = writer.digest
+    assert digest is not None  # commit() sets it for uploads named by their content
+    with session_scope(factory) as session:
+        record_blob(session, digest=digest, size=size)
+    return digest, size
+
+
+def store_file(factory: sessionmaker[Session], store: BlobStore, path: Path, *,
+               digest: str | None, max_size: int,
+               progress: Callable[[int], None] | None = None) -> str:
+    """Upload a local file (the embedded registry's push) and record it.
+
+    Returns:
+        The blob's digest (computed here when ``digest`` is None).
+
+    Raises:
+        TooLarge, DigestMismatch, StorageError, OSError (reading ``path``).
+    """
+    size = path.stat().st_size
+    if size > max_size:
+        raise TooLarge(f"{path.name} exceeds the limit of {max_size} bytes")
+    with start_upload(store, digest=digest, max_size=max_size) as writer, path.open("rb") as fh:
+        while chunk := fh.read(READ_CHUNK):
+            writer.write(chunk)
+            if progress:
+                progress(len(chunk))
+        return finish_upload(factory, writer)[0]
 
 
 @dataclass

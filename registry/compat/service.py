@@ -1,49 +1,67 @@
-"""Stored compatibility verdicts: compute (at push, at base registration, on demand) and query."""
+"""Stored compatibility verdicts: compute them for resolved rows, and answer queries.
+
+This service takes rows its callers resolved (adapters and base models look themselves up in
+their own ``queries`` modules), so it depends on neither domain: ``adapters → compat ←
+base_models``. The one lookup it needs by name, a version's declared base, is passed in as
+``find_base``.
+"""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Callable, Iterable, Sequence
 
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
-from registry.adapters import service as adapters
-from registry.base_models import service as bases
 from registry.compat.manifest import BaseManifest, base_manifest
 from registry.compat.rules import Verdict, check_compatibility
+from registry.compat.schemas import (
+    CompatibleBaseOut,
+    CompatibleVersionOut,
+    LinkedVerdictOut,
+    VerdictOut,
+)
 from registry.db.base import utcnow
 from registry.db.dialect import insert_ignore
-from registry.db.models import Adapter, AdapterVersion, BaseModel, Compatibility
+from registry.db.models import Adapter, AdapterVersion, BaseModelRow, Compatibility
 from registry.formats import TensorInfo, parse_adapter_config
 
 METHOD_STATIC = "static"
 
+# The latest registered base of a name, or None (base_models.queries.find_base).
+FindBase = Callable[[Session, str | None], BaseModelRow | None]
 
-def _manifest(base: BaseModel) -> BaseManifest:
+
+def _manifest(base: BaseModelRow) -> BaseManifest:
     tensors = {n: TensorInfo.from_json(d) for n, d in base.tensor_manifest.items()}
     return base_manifest(base.config, tensors, revision=base.revision)
 
 
-def evaluate(session: Session, *, version: AdapterVersion, base: BaseModel,
+def evaluate(*, version: AdapterVersion, base: BaseModelRow, declared_base: BaseModelRow | None,
              manifest: BaseManifest | None = None) -> Verdict:
-    """The static verdict for one pair, from the two stored manifests (no tensor bytes)."""
+    """The static verdict for one pair, from the two stored manifests (no tensor bytes).
+
+    Args:
+        version: the adapter version.
+        base: the base model it is checked against.
+        declared_base: the registered base the version's config names, if any (its fingerprint
+            tells a renamed copy of the same weights from another model).
+        manifest: ``base``'s manifest, when the caller already built it.
+    """
     config = parse_adapter_config(json.dumps(version.adapter_config).encode())
     tensors = {n: TensorInfo.from_json(d) for n, d in version.tensor_manifest.items()}
-    declared = version.declared_base_model
-    declared_base = bases.find_base(session, declared) if declared else None
     return check_compatibility(
         config,
         tensors,
         manifest or _manifest(base),
         base_name=base.name,
-        declared_base_name=declared,
+        declared_base_name=version.declared_base_model,
         declared_base_fingerprint=declared_base.fingerprint if declared_base else None,
     )
 
 
-def _store(session: Session, *, version: AdapterVersion, base: BaseModel,
+def _store(session: Session, *, version: AdapterVersion, base: BaseModelRow,
            verdict: Verdict) -> Compatibility:
     data = verdict.to_json()
     values = {
@@ -67,29 +85,36 @@ def _store(session: Session, *, version: AdapterVersion, base: BaseModel,
     ).one()
 
 
-def _check_all(session: Session, pairs: Iterable[tuple[AdapterVersion, BaseModel]]) -> None:
+def _check_all(session: Session, pairs: Iterable[tuple[AdapterVersion, BaseModelRow]],
+               find_base: FindBase) -> None:
     manifests: dict[int, BaseManifest] = {}
+    declared: dict[str, BaseModelRow | None] = {}
     for version, base in pairs:
         if base.id not in manifests:
             manifests[base.id] = _manifest(base)
+        name = version.declared_base_model
+        if name and name not in declared:
+            declared[name] = find_base(session, name)
         _store(session, version=version, base=base,
-               verdict=evaluate(session, version=version, base=base,
+               verdict=evaluate(version=version, base=base,
+                                declared_base=declared.get(name) if name else None,
                                 manifest=manifests[base.id]))
     session.flush()
 
 
-def refresh_for_version(session: Session, *, version: AdapterVersion) -> None:
+def refresh_for_version(session: Session, *, version: AdapterVersion,
+                        bases: Sequence[BaseModelRow], find_base: FindBase) -> None:
     """Verdicts for a new version against every registered base model (there are few)."""
-    _check_all(session, ((version, b) for b in bases.list_bases(session)))
+    _check_all(session, ((version, b) for b in bases), find_base)
 
 
-def refresh_for_base(session: Session, *, base: BaseModel) -> None:
+def refresh_for_base(session: Session, *, base: BaseModelRow, find_base: FindBase) -> None:
     """Verdicts for a new base against the versions that could fit it.
 
     Candidates: versions linked to a base of the same model type, versions that declare this
     base by name, and versions linked to no base at all.
     """
-    same_type = select(BaseModel.id).where(BaseModel.model_type == base.model_type)
+    same_type = select(BaseModelRow.id).where(BaseModelRow.model_type == base.model_type)
     stmt = select(AdapterVersion).where(
         or_(
             AdapterVersion.base_model_id.in_(same_type),
@@ -97,72 +122,70 @@ def refresh_for_base(session: Session, *, base: BaseModel) -> None:
             AdapterVersion.base_model_id.is_(None),
         )
     )
-    _check_all(session, ((v, base) for v in session.scalars(stmt)))
+    _check_all(session, ((v, base) for v in session.scalars(stmt)), find_base)
 
 
-def verdict_for(session: Session, *, name: str, version: int | None, base: str,
-                base_revision: str | None = None) -> dict[str, Any]:
-    """The verdict for ``name:version`` on ``base``, computed now if never computed."""
-    v = adapters.get_version(session, name=name, version=version)
-    b = bases.get_base(session, name=base, revision=base_revision)
+def verdict_for(session: Session, *, version: AdapterVersion, base: BaseModelRow,
+                find_base: FindBase) -> VerdictOut:
+    """The verdict for one pair, computed now if it never was."""
     row = session.scalars(
         select(Compatibility).where(
-            Compatibility.adapter_version_id == v.id, Compatibility.base_model_id == b.id
+            Compatibility.adapter_version_id == version.id,
+            Compatibility.base_model_id == base.id,
         )
     ).one_or_none()
     if row is None:
-        row = _store(session, version=v, base=b, verdict=evaluate(session, version=v, base=b))
-        session.flush()
-    return {
-        "name": v.adapter.name,
-        "version": v.version,
-        "base": b.name,
-        "base_revision": b.revision,
-        "compatible": row.compatible,
-        "reasons": row.reasons,
-        "warnings": row.warnings,
-        "serving": row.serving,
-        "method": row.method,
-        "checked_at": row.checked_at.isoformat(),
-    }
+        _check_all(session, [(version, base)], find_base)
+        return verdict_for(session, version=version, base=base, find_base=find_base)
+    return VerdictOut(
+        name=version.adapter.name,
+        version=version.version,
+        base=base.name,
+        base_revision=base.revision,
+        compatible=row.compatible,
+        reasons=row.reasons,
+        warnings=row.warnings,
+        serving=row.serving,
+        method=row.method,
+        checked_at=row.checked_at,
+    )
 
 
-def compatible_versions(session: Session, *, base: str,
-                        base_revision: str | None = None) -> list[dict[str, Any]]:
+def compatible_versions(session: Session, *, base: BaseModelRow) -> list[CompatibleVersionOut]:
     """Every adapter version with a stored compatible verdict for ``base`` (one indexed query)."""
-    b = bases.get_base(session, name=base, revision=base_revision)
     rows = session.execute(
         select(Adapter.name, AdapterVersion.version)
         .join(AdapterVersion, AdapterVersion.adapter_id == Adapter.id)
         .join(Compatibility, Compatibility.adapter_version_id == AdapterVersion.id)
-        .where(Compatibility.base_model_id == b.id, Compatibility.compatible.is_(True))
+        .where(Compatibility.base_model_id == base.id, Compatibility.compatible.is_(True))
         .order_by(Adapter.name, AdapterVersion.version)
     ).all()
-    return [{"name": name, "version": number} for name, number in rows]
+    return [CompatibleVersionOut(name=name, version=number) for name, number in rows]
 
 
-def compatible_bases(session: Session, *, name: str, version: int | None) -> list[dict[str, Any]]:
-    """Every registered base model the version fits (missing verdicts are computed first)."""
-    v = adapters.get_version(session, name=name, version=version)
+def compatible_bases(session: Session, *, version: AdapterVersion,
+                     bases: Sequence[BaseModelRow], find_base: FindBase
+                     ) -> list[CompatibleBaseOut]:
+    """Every base model of ``bases`` the version fits (missing verdicts are computed first)."""
     known = set(session.scalars(
-        select(Compatibility.base_model_id).where(Compatibility.adapter_version_id == v.id)
+        select(Compatibility.base_model_id)
+        .where(Compatibility.adapter_version_id == version.id)
     ))
-    _check_all(session, ((v, b) for b in bases.list_bases(session) if b.id not in known))
+    _check_all(session, ((version, b) for b in bases if b.id not in known), find_base)
     rows = session.execute(
-        select(BaseModel.name, BaseModel.revision)
-        .join(Compatibility, Compatibility.base_model_id == BaseModel.id)
-        .where(Compatibility.adapter_version_id == v.id, Compatibility.compatible.is_(True))
-        .order_by(BaseModel.name, BaseModel.created_at)
+        select(BaseModelRow.name, BaseModelRow.revision)
+        .join(Compatibility, Compatibility.base_model_id == BaseModelRow.id)
+        .where(Compatibility.adapter_version_id == version.id,
+               Compatibility.compatible.is_(True))
+        .order_by(BaseModelRow.name, BaseModelRow.created_at)
     ).all()
-    return [{"name": n, "revision": r} for n, r in rows]
+    return [CompatibleBaseOut(name=n, revision=r) for n, r in rows]
 
 
-def linked_verdict(session: Session, *, version: AdapterVersion) -> Compatibility | None:
-    if version.base_model_id is None:
-        return None
-    return session.scalars(
-        select(Compatibility).where(
-            Compatibility.adapter_version_id == version.id,
-            Compatibility.base_model_id == version.base_model_id,
-        )
-    ).one_or_none()
+def linked_verdict(version: AdapterVersion) -> LinkedVerdictOut | None:
+    """The stored verdict against the version's linked base (loaded with the version)."""
+    for verdict in version.verdicts:
+        if verdict.base_model_id == version.base_model_id:
+            return LinkedVerdictOut(compatible=verdict.compatible, reasons=verdict.reasons,
+                                    warnings=verdict.warnings, serving=verdict.serving)
+    return None

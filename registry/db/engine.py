@@ -73,8 +73,11 @@ def session_scope(factory: sessionmaker[Session]) -> Iterator[Session]:
         session.close()
 
 
+# Alembic loads only when migrations are looked at: most CLI calls never need it.
+
+
 def alembic_config(engine: Engine) -> Any:
-    from alembic.config import Config
+    from alembic.config import Config  # on first use, not at start-up
 
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
@@ -84,26 +87,26 @@ def alembic_config(engine: Engine) -> Any:
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
     """Apply migrations up to ``revision`` (the only way a schema is created)."""
-    from alembic import command
+    from alembic import command  # on first use, not at start-up
 
     command.upgrade(alembic_config(engine), revision)
 
 
 def downgrade(engine: Engine, revision: str = "base") -> None:
-    from alembic import command
+    from alembic import command  # on first use, not at start-up
 
     command.downgrade(alembic_config(engine), revision)
 
 
 def current_revision(engine: Engine) -> str | None:
-    from alembic.runtime.migration import MigrationContext
+    from alembic.runtime.migration import MigrationContext  # on first use, not at start-up
 
     with engine.connect() as conn:
         return MigrationContext.configure(conn).get_current_revision()
 
 
 def head_revision() -> str | None:
-    from alembic.script import ScriptDirectory
+    from alembic.script import ScriptDirectory  # on first use, not at start-up
 
     cfg = alembic_config(make_engine("sqlite://"))
     return ScriptDirectory.from_config(cfg).get_current_head()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import enum
 from datetime import datetime
 from typing import Any
 
@@ -22,14 +21,21 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from registry.db.base import Base, BigId, utcnow
+from registry.db.enums import SourceKind, VersionStatus
 
-
-class VersionStatus(enum.StrEnum):
-    registered = "registered"
-    validating = "validating"
-    validated = "validated"
-    failed = "failed"
-    archived = "archived"
+__all__ = [
+    "Adapter",
+    "AdapterVersion",
+    "BaseModelFile",
+    "BaseModelRow",
+    "Blob",
+    "Compatibility",
+    "Export",
+    "ExportFile",
+    "SourceKind",
+    "VersionFile",
+    "VersionStatus",
+]
 
 
 class Blob(Base):
@@ -44,8 +50,11 @@ class Blob(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
 
 
-class BaseModel(Base):
+class BaseModelRow(Base):
     """A base model at one pinned revision, with the tensor manifest adapters are checked against.
+
+    Named ``…Row`` so it is never confused with pydantic's ``BaseModel`` or the declarative
+    ``Base``.
 
     One name may have several revisions; ``--base NAME`` means the latest registered one.
     """
@@ -61,6 +70,7 @@ class BaseModel(Base):
     revision: Mapped[str] = mapped_column(String(200))
     # file:// (stored in the blob store), hf://org/repo@sha or s3://bucket/prefix (referenced).
     source: Mapped[str] = mapped_column(String(1000))
+    # A SourceKind value (a plain string column: the values are stable and few).
     source_kind: Mapped[str] = mapped_column(String(8))
     # What makes two registrations "the same weights": file digests, or the pinned remote ref.
     content_id: Mapped[str] = mapped_column(String(300))
@@ -101,7 +111,7 @@ class BaseModelFile(Base):
     # Remote identity when referenced (S3 ETag, HF blob id): recorded, not verified on read.
     etag: Mapped[str | None] = mapped_column(String(200))
 
-    base_model: Mapped[BaseModel] = relationship(back_populates="files")
+    base_model: Mapped[BaseModelRow] = relationship(back_populates="files")
     blob: Mapped[Blob | None] = relationship()
 
 
@@ -163,7 +173,7 @@ class AdapterVersion(Base):
     created_by: Mapped[str | None] = mapped_column(String(200))
 
     adapter: Mapped[Adapter] = relationship(back_populates="versions")
-    base_model: Mapped[BaseModel | None] = relationship()
+    base_model: Mapped[BaseModelRow | None] = relationship()
     parent: Mapped[AdapterVersion | None] = relationship(remote_side=[id])
     files: Mapped[list[VersionFile]] = relationship(
         back_populates="version", order_by="VersionFile.path", cascade="all, delete-orphan"
@@ -230,7 +240,7 @@ class Export(Base):
     created_by: Mapped[str | None] = mapped_column(String(200))
 
     version: Mapped[AdapterVersion] = relationship()
-    base_model: Mapped[BaseModel] = relationship()
+    base_model: Mapped[BaseModelRow] = relationship()
     files: Mapped[list[ExportFile]] = relationship(
         back_populates="export", order_by="ExportFile.path", cascade="all, delete-orphan"
     )

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from sqlalchemy import Select, select
 from sqlalchemy.orm import Session, selectinload
 
-from registry.adapters import service as adapters
+from registry.adapters.queries import get_version
 from registry.adapters.schemas import FileOut
-from registry.base_models import service as bases
+from registry.base_models.queries import get_base
 from registry.blobs.service import blobs_for
 from registry.db.dialect import add_unless_exists
 from registry.db.models import Export, ExportFile
@@ -17,7 +17,7 @@ from registry.formats import normalize_path
 from registry.storage import parse_digest
 
 
-def _query():  # type: ignore[no-untyped-def]
+def _query() -> Select[Export]:
     return select(Export).options(
         selectinload(Export.files).selectinload(ExportFile.blob),
         selectinload(Export.version),
@@ -29,11 +29,11 @@ def list_exports(session: Session, *, name: str, version: int, base: str | None 
                  base_revision: str | None = None, dtype: str | None = None) -> list[Export]:
     """A version's exports, optionally for one base model (latest revision by default) and dtype.
     """
-    v = adapters.get_version(session, name=name, version=version)
+    v = get_version(session, name=name, version=version)
     stmt = _query().where(Export.adapter_version_id == v.id)
     if base is not None:
         stmt = stmt.where(
-            Export.base_model_id == bases.get_base(session, name=base, revision=base_revision).id
+            Export.base_model_id == get_base(session, name=base, revision=base_revision).id
         )
     if dtype is not None:
         stmt = stmt.where(Export.dtype == dtype)
@@ -58,8 +58,8 @@ def create_export(session: Session, *, body: CreateExportIn) -> tuple[Export, bo
         p.endswith(".safetensors") for p in body.files
     ):
         raise InvalidInput("an export must hold config.json and safetensors weights")
-    v = adapters.get_version(session, name=body.name, version=body.version)
-    b = bases.get_base(session, name=body.base, revision=body.base_revision)
+    v = get_version(session, name=body.name, version=body.version)
+    b = get_base(session, name=body.base, revision=body.base_revision)
     blobs = blobs_for(session, body.files)
     existing = session.scalars(
         _query().where(Export.adapter_version_id == v.id, Export.base_model_id == b.id,

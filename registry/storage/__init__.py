@@ -15,6 +15,7 @@ from registry.storage.base import (
     BlobStore,
     BlobWriter,
     MiB,
+    manifest_digest,
     parse_digest,
     sha256_file,
 )
@@ -28,7 +29,7 @@ _LAZY = {"S3BlobStore", "S3BlobWriter"}
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
-        from registry.storage import s3
+        from registry.storage import s3  # imports boto3: on first use, not at start-up
 
         return getattr(s3, name)
     raise AttributeError(name)
@@ -45,6 +46,7 @@ __all__ = [
     "S3BlobStore",
     "S3BlobWriter",
     "make_s3_client",
+    "manifest_digest",
     "open_blob_store",
     "parse_digest",
     "sha256_file",
@@ -72,6 +74,7 @@ def make_s3_client(endpoint_url: str | None = None) -> Any:
         or os.environ.get("AWS_ENDPOINT_URL")
         or None
     )
+    # boto3 takes a quarter of a second to import: on first use, not at start-up.
     import boto3
     from botocore.config import Config
 
@@ -117,7 +120,7 @@ def open_blob_store(url: str, *, part_bytes: int = DEFAULT_PART_BYTES) -> BlobSt
             raise InvalidInput(f"blob store URL {url!r}: expected s3://bucket[/prefix]")
         if parts.query or parts.fragment:
             raise InvalidInput(f"blob store URL {url!r}: query strings are not supported")
-        from registry.storage.s3 import S3BlobStore
+        from registry.storage.s3 import S3BlobStore  # imports boto3: only for s3:// stores
 
         return S3BlobStore(
             make_s3_client(),

@@ -6,7 +6,7 @@ import contextlib
 import hashlib
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -49,6 +49,17 @@ def format_digest(hexdigest: str) -> str:
         The digest in the registry's canonical form.
     """
     return f"sha256:{hexdigest}"
+
+
+def manifest_digest(files: Mapping[str, str]) -> str:
+    """The digest of a file manifest (path -> digest): equal for equal content, in any order.
+
+    Identifies a version's content (idempotent pushes) and an uploaded base checkpoint.
+    """
+    h = hashlib.sha256()
+    for path in sorted(files):
+        h.update(f"{path}\t{files[path]}\n".encode())
+    return format_digest(h.hexdigest())
 
 
 def sha256_file(path: Path, *, chunk: int = DEFAULT_CHUNK) -> tuple[str, int]:

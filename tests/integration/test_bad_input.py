@@ -196,7 +196,7 @@ def test_non_json_body(live_server):
 def test_client_refuses_before_uploading(live_server, settings, tmp_path: Path, lora_files):
     from registry import errors
     from registry.client import HttpRegistry
-    from registry.transfer import push
+    from registry.clientside.transfer import push
 
     bad = tmp_path / "bad"
     bad.mkdir()

@@ -13,7 +13,8 @@ import pytest
 from registry import errors
 from registry.base_models.schemas import RegisterBaseIn
 from registry.client import HttpRegistry
-from registry.transfer import push, register_base_dir
+from registry.clientside.transfer import push, register_base_dir
+from registry.compat.schemas import CompatibleVersionOut
 from tests.peft_factory import save_base, tiny_llama
 
 
@@ -179,22 +180,24 @@ def test_compat_queries_both_ways(http: HttpRegistry, settings, adapters_dir, ba
          base_model="tiny-gpt2")
 
     ok = http.compat_verdict("llama-bot", 1, base="tiny-llama")
-    assert ok["compatible"] is True and ok["reasons"] == []
+    assert ok.compatible is True and ok.reasons == []
     bad = http.compat_verdict("gpt2-bot", 1, base="tiny-llama")
-    assert bad["compatible"] is False and bad["reasons"]
-    assert all({"code", "message"} <= set(r) for r in bad["reasons"])
+    assert bad.compatible is False and bad.reasons
+    assert all(r.code and r.message for r in bad.reasons)
 
-    assert http.compatible_versions(base="tiny-llama") == [{"name": "llama-bot", "version": 1}]
-    assert http.compatible_versions(base="tiny-gpt2") == [{"name": "gpt2-bot", "version": 1}]
-    assert [b["name"] for b in http.compatible_bases("llama-bot", 1)] == ["tiny-llama"]
+    assert http.compatible_versions(base="tiny-llama") == [
+        CompatibleVersionOut(name="llama-bot", version=1)]
+    assert http.compatible_versions(base="tiny-gpt2") == [
+        CompatibleVersionOut(name="gpt2-bot", version=1)]
+    assert [b.name for b in http.compatible_bases("llama-bot", 1)] == ["tiny-llama"]
 
     # A base registered later is checked against the versions already there.
     wide = save_base(tiny_llama(hidden=48), tmp_path / "wide-llama")
     register_base_dir(http, name="wide-llama", directory=wide, settings=settings)
     assert http.compatible_versions(base="wide-llama") == []
     verdict = http.compat_verdict("llama-bot", None, base="wide-llama")
-    assert verdict["compatible"] is False
-    assert any(r["code"] == "shape_mismatch" for r in verdict["reasons"])
+    assert verdict.compatible is False
+    assert any(r.code == "shape_mismatch" for r in verdict.reasons)
 
     with pytest.raises(errors.BaseModelNotFound) as exc:
         http.compatible_versions(base="nope")

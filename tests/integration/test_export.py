@@ -14,8 +14,8 @@ import torch
 
 from registry import errors
 from registry.client import HttpRegistry
-from registry.exports.run import export
-from registry.transfer import push, register_base_dir
+from registry.clientside.export import export
+from registry.clientside.transfer import push, register_base_dir
 from tests.integration.helpers import file_size_limit, read_dir
 
 
@@ -54,7 +54,7 @@ def test_export_equals_peft_and_is_recorded(registered, settings, base_dirs, ada
     assert torch.allclose(_logits(merged, inputs), _logits(peft_model, inputs), atol=1e-4)
 
     version = registered.get_version("bot", 1)
-    assert [(e["base"], e["dtype"]) for e in version.exports] == [("tiny-llama", result.dtype)]
+    assert [(e.base, e.dtype) for e in version.exports] == [("tiny-llama", result.dtype)]
 
     again = export(registered, ref="bot:1", base="tiny-llama", out=tmp_path / "again",
                    settings=settings, upload=True)
@@ -140,8 +140,9 @@ def test_export_cli(home_with_registry, tmp_path):
 
 
 def test_export_console_script(home_with_registry, tmp_path):
-    """The installed command in its own process (it ends through registry.process.exit_process
-    once torch is loaded): complete JSON on stdout, exit codes, one-line errors."""
+    """The installed command in its own process (it ends through
+    registry.clientside.process.exit_process once torch is loaded): complete JSON on stdout,
+    exit codes, one-line errors."""
     _, home = home_with_registry
     exe = Path(sys.executable).with_name("adapter-registry")
     env = {**os.environ, "REGISTRY_HOME": str(home)}

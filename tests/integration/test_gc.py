@@ -7,8 +7,8 @@ from datetime import timedelta
 import httpx
 
 from registry.blobs.service import collect_garbage
+from registry.clientside.transfer import push
 from registry.db.base import utcnow
-from registry.transfer import push
 from tests.integration.helpers import digest_of, read_dir
 
 
@@ -62,7 +62,7 @@ def test_push_survives_gc_between_head_and_create(http, live_server, settings, a
     client uploads it again and the push still succeeds."""
     import shutil
 
-    from registry.transfer import push
+    from registry.clientside.transfer import push
 
     src = tmp_path / "adapter"
     shutil.copytree(adapters_dir["lora"], src)
@@ -87,7 +87,7 @@ def test_push_survives_gc_between_head_and_create(http, live_server, settings, a
     assert len(collected[0]) == 3  # the pre-uploaded blobs were collected mid-push
     assert result.version.version == 1
     out = tmp_path / "pulled"
-    from registry.transfer import pull
+    from registry.clientside.transfer import pull
 
     pull(http, ref="raced:1", directory=out)
     assert read_dir(out) == read_dir(src)

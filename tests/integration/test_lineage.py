@@ -9,9 +9,9 @@ import pytest
 from registry import errors
 from registry.adapters import service as adapters
 from registry.client import HttpRegistry
+from registry.clientside.export import export
+from registry.clientside.transfer import push, register_base_dir
 from registry.db.engine import session_scope
-from registry.exports.run import export
-from registry.transfer import push, register_base_dir
 
 
 def _refs(nodes) -> list[tuple[str, int]]:
@@ -48,7 +48,7 @@ def test_lineage_lists_ancestors_descendants_and_exports(family: HttpRegistry):
         ("bot", 2), ("bot", 2), ("fork", 1)]
     assert not lin.truncated
     # The export of bot:2 shows with the version itself...
-    assert [(e["base"], e["dtype"]) for e in lin.version.exports] == [("tiny-llama", "float32")]
+    assert [(e.base, e.dtype) for e in lin.version.exports] == [("tiny-llama", "float32")]
     assert lin.version.exports == family.get_version("bot", 2).exports
     assert all(not n.exports for n in lin.ancestors + lin.descendants)
 

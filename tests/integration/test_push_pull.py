@@ -12,7 +12,7 @@ import pytest
 
 from registry import errors
 from registry.client import HttpRegistry
-from registry.transfer import pull, push
+from registry.clientside.transfer import pull, push
 from tests.integration.helpers import (
     big_lora_dir,
     digest_of,
@@ -28,7 +28,7 @@ def _tree_digest(directory: Path) -> dict[str, str]:
 
 def test_push_then_pull_round_trip(http: HttpRegistry, settings, adapters_dir, tmp_path,
                                    base_dirs):
-    from registry.transfer import register_base_dir
+    from registry.clientside.transfer import register_base_dir
 
     register_base_dir(http, name="tiny-llama", directory=base_dirs["llama"], settings=settings)
     src = adapters_dir["lora"]
@@ -43,7 +43,7 @@ def test_push_then_pull_round_trip(http: HttpRegistry, settings, adapters_dir, t
     v1 = http.get_version("support-bot", 1)
     assert v1.peft_type == "LORA"
     assert v1.base_model == "tiny-llama"
-    assert v1.compatibility is not None and v1.compatibility["compatible"] is True
+    assert v1.compatibility is not None and v1.compatibility.compatible is True
     assert v1.metadata == {"dataset": "tickets-v3"}
     assert v1.r == json.loads((src / "adapter_config.json").read_text())["r"]
     assert v1.tensor_count > 0
@@ -263,7 +263,7 @@ def _requests(url: str, method: str, route: str, status: int) -> float:
 
 def test_big_new_file_is_sent_once_and_dedupe_still_holds(http: HttpRegistry, settings,
                                                           live_server, tmp_path):
-    from registry.transfer import UNHASHED_UPLOAD_MIN
+    from registry.clientside.transfer import UNHASHED_UPLOAD_MIN
 
     src = big_lora_dir(tmp_path / "big", seed=1)
     weights = src / "adapter_model.safetensors"

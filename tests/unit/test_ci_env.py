@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from registry.ci_env import detect_provenance
+from registry.clientside.ci_env import detect_provenance
 
 
 def test_github_actions():

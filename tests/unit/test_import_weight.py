@@ -9,7 +9,8 @@ import sys
 
 def test_client_paths_do_not_import_heavy_modules():
     code = (
-        "import json, sys; import cli.main, registry.transfer, registry.exports.run; "
+        "import json, sys; import cli.main, registry.clientside.transfer; "
+        "import registry.clientside.export; "
         "print(json.dumps({m: m in sys.modules for m in ('sqlalchemy', 'boto3', 'torch')}))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

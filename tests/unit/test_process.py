@@ -1,4 +1,5 @@
-"""registry.process.exit_process: fast exit after torch, without losing output or exit handlers."""
+"""registry.clientside.process.exit_process: fast exit after torch, without losing output or
+exit handlers."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 SCRIPT = """
 import atexit, pathlib, sys, threading, time
 {imports}
-from registry.process import exit_process
+from registry.clientside.process import exit_process
 atexit.register(lambda: pathlib.Path(sys.argv[1]).write_text("ran"))
 
 def late_writer():

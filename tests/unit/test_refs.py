@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from registry.adapters.refs import Ref, parse_ref, validate_name
 from registry.errors import InvalidName, InvalidReference
+from registry.refs import Ref, parse_ref, validate_name
 
 
 @pytest.mark.parametrize("name", ["a", "support-bot", "team/support-bot", "v1.2_x", "0abc"])

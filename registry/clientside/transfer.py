@@ -10,12 +10,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
-from registry.adapters.refs import parse_ref, validate_name
 from registry.adapters.schemas import CreateVersionIn, VersionOut
+from registry.backend import RegistryBackend
 from registry.base_models.schemas import BaseModelOut, RegisterBaseIn
 from registry.base_models.sources import wanted
-from registry.ci_env import detect_provenance
-from registry.client import RegistryBackend
+from registry.clientside.ci_env import detect_provenance
 from registry.config import Settings
 from registry.errors import (
     BlobNotFound,
@@ -32,6 +31,7 @@ from registry.formats import (
     normalize_path,
 )
 from registry.formats.checkpoint import read_checkpoint
+from registry.refs import parse_ref, refuse_alias, validate_name
 from registry.storage import sha256_file
 from registry.storage.sink import HashingFileSink
 
@@ -215,11 +215,12 @@ def register_base_dir(
 
 
 def resolve(backend: RegistryBackend, ref: str) -> VersionOut:
-    parsed = parse_ref(ref)
-    if parsed.alias is not None:
-        raise InvalidReference(
-            f"aliases are not supported by this registry yet; use {parsed.name}:VERSION"
-        )
+    """The version a reference names (NAME, NAME:VERSION).
+
+    Raises:
+        InvalidReference, AdapterNotFound, VersionNotFound.
+    """
+    parsed = refuse_alias(parse_ref(ref))
     return backend.get_version(parsed.name, parsed.version)
 
 

@@ -14,14 +14,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from registry.backend import RegistryBackend
 from registry.base_models.schemas import BaseModelOut
 from registry.base_models.sources import HfRef, S3Ref, parse_remote
-from registry.client import RegistryBackend
+from registry.clientside.transfer import ProgressFactory, progress_bar, resolve, upload_missing
 from registry.config import Settings
+from registry.db.enums import SourceKind
 from registry.errors import DigestMismatch, IncompatibleBase, InvalidInput, SourceUnavailable
 from registry.exports.schemas import DTYPES, CreateExportIn, ExportOut
+from registry.formats import parse_adapter_config
+from registry.storage import make_s3_client
 from registry.storage.sink import HashingFileSink
-from registry.transfer import ProgressFactory, progress_bar, resolve, upload_missing
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -90,7 +93,7 @@ class HfBaseFiles:
 
     @contextlib.contextmanager
     def local_path(self, path: str) -> Iterator[Path]:
-        from huggingface_hub import hf_hub_download
+        from huggingface_hub import hf_hub_download  # on first use: only hf:// bases need it
 
         try:
             local = hf_hub_download(self.ref.repo_id, path, revision=self.base.revision,
@@ -107,8 +110,6 @@ class S3BaseFiles:
     """A base referenced in S3: headers by ranged GETs, shards downloaded one at a time."""
 
     def __init__(self, base: BaseModelOut, ref: S3Ref, tmp: Path) -> None:
-        from registry.storage import make_s3_client
-
         self.base, self.ref, self.tmp = base, ref, tmp
         self.client = make_s3_client()
         self.sizes = {f.path: f.size for f in base.files}
@@ -141,7 +142,7 @@ class S3BaseFiles:
 
 def base_files(backend: RegistryBackend, base: BaseModelOut, settings: Settings,
                tmp: Path) -> Any:
-    if base.source_kind == "file":
+    if base.source_kind == SourceKind.file:
         return StoredBaseFiles(backend, base, tmp)
     ref = parse_remote(base.source)
     if isinstance(ref, HfRef):
@@ -150,7 +151,7 @@ def base_files(backend: RegistryBackend, base: BaseModelOut, settings: Settings,
 
 
 def _check_out(out: Path, *, force: bool) -> None:
-    from registry.merge.stream import check_out_dir
+    from registry.merge.stream import check_out_dir  # registry.merge imports torch (~1 s)
 
     check_out_dir(out, force=force, hint="--force")
 
@@ -198,8 +199,7 @@ def export(
         Unmergeable (IncompatibleBase, QuantizedBase, …), OutputExists, NotFound subclasses,
         InvalidInput.
     """
-    from registry.formats import parse_adapter_config
-    from registry.merge.stream import merge_to_dir
+    from registry.merge.stream import merge_to_dir  # registry.merge imports torch (~1 s)
 
     if dtype is not None and dtype not in DTYPES:
         raise InvalidInput(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}")
@@ -208,8 +208,8 @@ def export(
     base_out = backend.get_base(base)
     verdict = backend.compat_verdict(version.name, version.version, base=base_out.name,
                                      base_revision=base_out.revision)
-    if not verdict["compatible"]:
-        reasons = "; ".join(r.get("message", "") for r in verdict["reasons"][:5])
+    if not verdict.compatible:
+        reasons = "; ".join(r.message for r in verdict.reasons[:5])
         raise IncompatibleBase(
             f"{version.ref} is not compatible with {base_out.name}@{base_out.revision}: {reasons}"
         )

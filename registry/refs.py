@@ -1,4 +1,4 @@
-"""Adapter names and references: NAME, NAME:VERSION, NAME@ALIAS."""
+"""Adapter and base model names, and references to versions: NAME, NAME:VERSION, NAME@ALIAS."""
 
 from __future__ import annotations
 
@@ -78,3 +78,19 @@ def parse_ref(ref: str) -> Ref:
         return Ref(validate_name(ref))
     except InvalidName as exc:
         raise InvalidReference(f"invalid reference {ref!r}: {exc.detail}") from None
+
+
+def refuse_alias(ref: Ref) -> Ref:
+    """The one place ``NAME@ALIAS`` is refused, until aliases are resolved.
+
+    Returns:
+        ``ref``, when it names a version or the latest one.
+
+    Raises:
+        InvalidReference: ``ref`` names an alias.
+    """
+    if ref.alias is not None:
+        raise InvalidReference(
+            f"aliases are not supported by this registry yet; use {ref.name}:VERSION"
+        )
+    return ref

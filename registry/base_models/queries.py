@@ -1,0 +1,65 @@
+"""Base model lookups by name and revision: the queries other domains use (depends only on db/)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, selectinload
+
+from registry.db.models import BaseModelFile, BaseModelRow, SourceKind
+from registry.errors import BaseModelNotFound
+from registry.refs import validate_name
+
+# Rows left by migration 0001 as bare name references are not registered bases.
+_REGISTERED = BaseModelRow.source_kind != SourceKind.none
+
+
+def get_base(session: Session, *, name: str, revision: str | None = None) -> BaseModelRow:
+    """The base model ``name`` at ``revision``, or its latest registered revision.
+
+    Raises:
+        InvalidName, BaseModelNotFound (with the command that registers it).
+    """
+    validate_name(name, what="base model name")
+    stmt = (
+        select(BaseModelRow)
+        .options(selectinload(BaseModelRow.files).selectinload(BaseModelFile.blob))
+        .where(BaseModelRow.name == name, _REGISTERED)
+    )
+    if revision is not None:
+        stmt = stmt.where(BaseModelRow.revision == revision)
+    found = session.scalars(
+        stmt.order_by(BaseModelRow.created_at.desc(), BaseModelRow.id.desc()).limit(1)
+    ).one_or_none()
+    if found is None:
+        which = f"{name}@{revision}" if revision else name
+        raise BaseModelNotFound(
+            f"no base model {which!r}; register it with: adapter-registry base register "
+            f"{name} PATH_OR_SOURCE"
+        )
+    return found
+
+
+def find_base(session: Session, name: str | None) -> BaseModelRow | None:
+    """The latest registered base called ``name``, or None (no error)."""
+    if not name:
+        return None
+    stmt = (
+        select(BaseModelRow)
+        .where(BaseModelRow.name == name, _REGISTERED)
+        .order_by(BaseModelRow.created_at.desc(), BaseModelRow.id.desc())
+        .limit(1)
+    )
+    return session.scalars(stmt).one_or_none()
+
+
+def list_bases(session: Session) -> Sequence[BaseModelRow]:
+    """Every registered base model revision, by name then age."""
+    stmt = (
+        select(BaseModelRow)
+        .options(selectinload(BaseModelRow.files).selectinload(BaseModelFile.blob))
+        .where(_REGISTERED)
+        .order_by(BaseModelRow.name, BaseModelRow.created_at)
+    )
+    return session.scalars(stmt).all()

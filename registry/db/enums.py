@@ -1,0 +1,23 @@
+"""Enumerated column values, importable without SQLAlchemy (client code compares with them)."""
+
+from __future__ import annotations
+
+import enum
+
+
+class VersionStatus(enum.StrEnum):
+    registered = "registered"
+    validating = "validating"
+    validated = "validated"
+    failed = "failed"
+    archived = "archived"
+
+
+class SourceKind(enum.StrEnum):
+    """Where a base model's files live. ``none``: a bare name reference left by migration 0001
+    (not a registered base; lookups skip it)."""
+
+    file = "file"  # uploaded to the blob store
+    hf = "hf"  # referenced on the Hugging Face Hub, pinned to a commit
+    s3 = "s3"  # referenced in S3
+    none = "none"
