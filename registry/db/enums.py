@@ -21,3 +21,13 @@ class SourceKind(enum.StrEnum):
     hf = "hf"  # referenced on the Hugging Face Hub, pinned to a commit
     s3 = "s3"  # referenced in S3
     none = "none"
+
+
+class BlobState(enum.StrEnum):
+    """A blob row's state. ``present``: the object is stored and may be referenced (HEAD 200).
+    ``deleting``: garbage collection owns it; its object is being removed, so HEAD, GET and a
+    new reference treat it as absent and an upload of the same digest waits for the row to go.
+    """
+
+    present = "present"
+    deleting = "deleting"

@@ -21,7 +21,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from registry.db.base import Base, BigId, utcnow
-from registry.db.enums import SourceKind, VersionStatus
+from registry.db.enums import BlobState, SourceKind, VersionStatus
 
 __all__ = [
     "Adapter",
@@ -29,6 +29,7 @@ __all__ = [
     "BaseModelFile",
     "BaseModelRow",
     "Blob",
+    "BlobState",
     "Compatibility",
     "Export",
     "ExportFile",
@@ -39,7 +40,12 @@ __all__ = [
 
 
 class Blob(Base):
-    """A content-addressed file in the blob store; a row exists only once its digest verified."""
+    """A content-addressed file in the blob store; a row exists only once its digest verified.
+
+    The row is the lock that orders uploads and garbage collection of one digest (see
+    docs/architecture.md, "Garbage collection"): an object is deleted only while its row is
+    ``deleting`` (or, for an orphan, after gc claimed the digest with such a row).
+    """
 
     __tablename__ = "blobs"
 
@@ -47,7 +53,12 @@ class Blob(Base):
     digest: Mapped[str] = mapped_column(String(71), unique=True)
     # Indexed: a push asks whether any blob has a file's size before deciding to hash it first.
     size: Mapped[int] = mapped_column(BigInteger, index=True)
+    # The last upload of this digest: gc's grace period counts from here.
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    state: Mapped[BlobState] = mapped_column(
+        Enum(BlobState, native_enum=False, length=8, create_constraint=True, name="blob_state"),
+        default=BlobState.present, server_default=BlobState.present.value,
+    )
 
 
 class BaseModelRow(Base):
