@@ -8,7 +8,7 @@ from typing import Any
 import click
 from pydantic import ValidationError
 
-from cli import adapters, base, compat, db, export, gc, server
+from cli import adapters, base, compat, db, evals, export, gc, server
 from cli.output import CliState, exit_code_for, fail
 from registry import __version__, errors
 from registry.clientside.process import exit_process
@@ -71,6 +71,8 @@ cli.add_command(gc.gc)
 cli.add_command(base.base)
 cli.add_command(compat.compat)
 cli.add_command(export.export)
+cli.add_command(evals.eval_group)
+cli.add_command(evals.evals)
 
 
 def main() -> None:

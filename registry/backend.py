@@ -22,9 +22,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
-from registry.adapters.schemas import AdapterOut, CreateVersionIn, LineageOut, VersionOut
+from registry.adapters.schemas import (
+    AdapterOut,
+    CreateVersionIn,
+    LineageOut,
+    ScoreOut,
+    VersionOut,
+)
 from registry.base_models.schemas import BaseModelOut, RegisterBaseIn
 from registry.compat.schemas import CompatibleBaseOut, CompatibleVersionOut, VerdictOut
+from registry.evals.schemas import RecordScoresIn
+from registry.events.schemas import EventPageOut
 from registry.exports.schemas import CreateExportIn, ExportOut
 
 Progress = Callable[[int], None] | None
@@ -67,5 +75,11 @@ class RegistryBackend(Protocol):
     def list_exports(self, name: str, version: int, *, base: str | None = None,
                      base_revision: str | None = None,
                      dtype: str | None = None) -> list[ExportOut]: ...
+
+    # --- evals and events ---
+    def record_scores(self, name: str, version: int,
+                      body: RecordScoresIn) -> list[ScoreOut]: ...
+    def list_events(self, *, after: int = 0, limit: int = 100,
+                    types: tuple[str, ...] = (), adapter: str | None = None) -> EventPageOut: ...
 
     def close(self) -> None: ...

@@ -17,10 +17,18 @@ from typing import Any, BinaryIO, NoReturn
 import httpx
 
 from registry import errors
-from registry.adapters.schemas import AdapterOut, CreateVersionIn, LineageOut, VersionOut
+from registry.adapters.schemas import (
+    AdapterOut,
+    CreateVersionIn,
+    LineageOut,
+    ScoreOut,
+    VersionOut,
+)
 from registry.backend import Progress
 from registry.base_models.schemas import BaseModelOut, RegisterBaseIn
 from registry.compat.schemas import CompatibleBaseOut, CompatibleVersionOut, VerdictOut
+from registry.evals.schemas import RecordScoresIn
+from registry.events.schemas import EventPageOut
 from registry.exports.schemas import CreateExportIn, ExportOut
 from registry.storage import parse_digest
 from registry.storage.sink import BackgroundSha256
@@ -289,6 +297,21 @@ class HttpRegistry:
         except errors.RangeNotSatisfiable:
             return b""
         return response.content
+
+    def record_scores(self, name: str, version: int, body: RecordScoresIn) -> list[ScoreOut]:
+        response = self._request("POST", f"/api/v1/adapters/{name}/versions/{version}/evals",
+                                 json=body.model_dump(mode="json"))
+        return [ScoreOut.model_validate(s) for s in response.json()]
+
+    def list_events(self, *, after: int = 0, limit: int = 100,
+                    types: tuple[str, ...] = (), adapter: str | None = None) -> EventPageOut:
+        params: dict[str, Any] = {"after": after, "limit": limit}
+        if types:
+            params["type"] = list(types)
+        if adapter is not None:
+            params["adapter"] = adapter
+        response = self._request("GET", "/api/v1/events", params=params)
+        return EventPageOut.model_validate(response.json())
 
     def close(self) -> None:
         self._http.close()

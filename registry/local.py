@@ -11,7 +11,13 @@ from typing import Any, BinaryIO
 
 from registry.adapters import queries as adapter_queries
 from registry.adapters import service as adapters
-from registry.adapters.schemas import AdapterOut, CreateVersionIn, LineageOut, VersionOut
+from registry.adapters.schemas import (
+    AdapterOut,
+    CreateVersionIn,
+    LineageOut,
+    ScoreOut,
+    VersionOut,
+)
 from registry.backend import Progress
 from registry.base_models import queries as base_queries
 from registry.base_models import service as base_models
@@ -22,6 +28,10 @@ from registry.config import Settings
 from registry.context import RegistryContext
 from registry.db.engine import session_scope
 from registry.errors import BlobNotFound
+from registry.evals import service as evals
+from registry.evals.schemas import RecordScoresIn
+from registry.events import service as events
+from registry.events.schemas import EventPageOut
 from registry.exports import service as exports
 from registry.exports.schemas import CreateExportIn, ExportOut
 from registry.storage.local import LocalBlobStore
@@ -144,6 +154,16 @@ class LocalRegistry:
 
     def read_blob_range(self, digest: str, offset: int, length: int) -> bytes:
         return self.ctx.store.read_range(digest, offset, length)
+
+    def record_scores(self, name: str, version: int, body: RecordScoresIn) -> list[ScoreOut]:
+        with session_scope(self.ctx.sessions) as session:
+            return evals.record_from_request(session, name=name, version=version, body=body)
+
+    def list_events(self, *, after: int = 0, limit: int = 100,
+                    types: tuple[str, ...] = (), adapter: str | None = None) -> EventPageOut:
+        with session_scope(self.ctx.sessions) as session:
+            return events.page(session, after=after, limit=limit, types=types,
+                               adapter=adapter)
 
     def close(self) -> None:
         self.ctx.close()

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from sqlalchemy import Select, select
 from sqlalchemy.orm import Session, selectinload
 
-from registry.db.models import Adapter, AdapterVersion, Export, VersionFile
+from registry.db.models import Adapter, AdapterVersion, EvalScore, Export, VersionFile
 from registry.errors import AdapterNotFound, VersionNotFound
 from registry.refs import Ref, refuse_alias, validate_name
 
@@ -21,6 +21,7 @@ def version_query() -> Select[AdapterVersion]:
         selectinload(AdapterVersion.parent).selectinload(AdapterVersion.adapter),
         selectinload(AdapterVersion.verdicts),
         selectinload(AdapterVersion.exports).selectinload(Export.base_model),
+        selectinload(AdapterVersion.scores).selectinload(EvalScore.base_model),
     )
 
 

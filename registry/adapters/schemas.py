@@ -30,6 +30,22 @@ class ExportSummaryOut(BaseModel):
     total_size: int
 
 
+class ScoreOut(BaseModel):
+    """One score: ``suite.metric`` of a version on a base."""
+
+    suite: str
+    metric: str
+    value: float
+    base: str | None
+    base_revision: str | None = None
+    suite_version: int | None = None
+    n: int | None = None
+    source: str
+    job: int | None = None
+    created_at: datetime
+    created_by: str | None = None
+
+
 class VersionOut(BaseModel):
     """One adapter version: what `show --json` prints and the versions endpoints return."""
 
@@ -62,6 +78,10 @@ class VersionOut(BaseModel):
     )
     exports: list[ExportSummaryOut] = Field(
         default_factory=list, description="merged checkpoints recorded for this version"
+    )
+    scores: list[ScoreOut] = Field(
+        default_factory=list,
+        description="the newest score of each suite.metric on each base (workers, CI, people)",
     )
 
 

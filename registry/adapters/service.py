@@ -16,6 +16,7 @@ from registry.adapters.schemas import (
     FileOut,
     LineageNodeOut,
     LineageOut,
+    ScoreOut,
     VersionOut,
     VersionRefOut,
 )
@@ -30,6 +31,7 @@ from registry.db.models import (
     Adapter,
     AdapterVersion,
     BaseModelRow,
+    EvalScore,
     Export,
     VersionFile,
     VersionStatus,
@@ -40,6 +42,8 @@ from registry.errors import (
     InvalidReference,
     TooLarge,
 )
+from registry.events import service as events
+from registry.events import types as event_types
 from registry.formats import inspect_adapter, normalize_path
 from registry.refs import parse_ref, validate_name
 from registry.storage import BlobStore, manifest_digest, parse_digest
@@ -200,6 +204,11 @@ def create_version(
     session.flush()
     compat.refresh_for_version(session, version=version, bases=base_queries.list_bases(session),
                                find_base=base_queries.find_base)
+    events.record(session, type=event_types.VERSION_CREATED, adapter=name,
+                  version=version.version, actor=body.created_by,
+                  payload={"peft_type": version.peft_type,
+                           "base_model": base.name if base else None,
+                           "parent": body.parent, "content_digest": digest})
     session.refresh(version, ["verdicts"])
     return version, True
 
@@ -265,7 +274,26 @@ def to_out(v: AdapterVersion) -> VersionOut:
         adapter_config=v.adapter_config,
         compatibility=compat.linked_verdict(v),
         exports=_exports(v),
+        scores=_latest_scores(v),
     )
+
+
+def score_out(s: EvalScore) -> ScoreOut:
+    base = s.base_model
+    return ScoreOut(suite=s.suite, metric=s.metric, value=s.value,
+                    base=base.name if base else None,
+                    base_revision=base.revision if base else None,
+                    suite_version=s.suite_version, n=s.n, source=s.source.value, job=s.job_id,
+                    created_at=s.created_at, created_by=s.created_by)
+
+
+def _latest_scores(v: AdapterVersion) -> list[ScoreOut]:
+    # The newest row per (base, suite, suite version, metric); rows come ordered by id.
+    newest: dict[tuple[int | None, str, int | None, str], EvalScore] = {}
+    for s in v.scores:
+        newest[(s.base_model_id, s.suite, s.suite_version, s.metric)] = s
+    return [score_out(s) for s in sorted(newest.values(), key=lambda s: (s.suite, s.metric,
+                                                                          s.id))]
 
 
 def _parent_ref(v: AdapterVersion) -> VersionRefOut | None:

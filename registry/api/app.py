@@ -31,6 +31,8 @@ from registry.blobs.router import router as blobs_router
 from registry.config import Settings
 from registry.context import RegistryContext
 from registry.errors import RegistryError
+from registry.evals.router import router as evals_router
+from registry.events.router import router as events_router
 from registry.exports.router import router as exports_router
 
 health = APIRouter(tags=["health"])
@@ -168,6 +170,8 @@ def create_app(
     app.include_router(blobs_router)
     app.include_router(compat_router)
     app.include_router(exports_router)
+    app.include_router(evals_router)
+    app.include_router(events_router)
     app.include_router(adapters_router)
     app.include_router(base_models_router)
     app.include_router(admin_router)

@@ -31,3 +31,44 @@ class BlobState(enum.StrEnum):
 
     present = "present"
     deleting = "deleting"
+
+
+class JobStatus(enum.StrEnum):
+    """A job's life: queued -> running -> succeeded | failed | cancelled (a retry re-queues)."""
+
+    queued = "queued"
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+    cancelled = "cancelled"
+
+
+class JobKind(enum.StrEnum):
+    validate = "validate"
+    export = "export"
+
+
+class SuiteKind(enum.StrEnum):
+    """How an eval suite's data are run (see registry/evals)."""
+
+    perplexity = "perplexity"
+    generate = "generate"
+    classify = "classify"
+    lm_eval = "lm-eval"
+
+
+class ScoreSource(enum.StrEnum):
+    """Who computed a score: a validation worker, a CI job (``eval record``), or a person."""
+
+    worker = "worker"
+    ci = "ci"
+    user = "user"
+
+
+class AliasAction(enum.StrEnum):
+    """One move of an alias, as the history records it."""
+
+    promote = "promote"
+    rollback = "rollback"
+    force = "force"  # a promotion that skipped failing gates (--force)
+    delete = "delete"

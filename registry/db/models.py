@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 from datetime import datetime
 from typing import Any
 
@@ -17,26 +18,56 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from registry.db.base import Base, BigId, utcnow
-from registry.db.enums import BlobState, SourceKind, VersionStatus
+from registry.db.enums import (
+    AliasAction,
+    BlobState,
+    JobKind,
+    JobStatus,
+    ScoreSource,
+    SourceKind,
+    SuiteKind,
+    VersionStatus,
+)
 
 __all__ = [
     "Adapter",
     "AdapterVersion",
+    "Alias",
+    "AliasAction",
+    "AliasEvent",
     "BaseModelFile",
     "BaseModelRow",
     "Blob",
     "BlobState",
     "Compatibility",
+    "EvalScore",
+    "EvalSuite",
+    "EvalSuiteFile",
+    "Event",
     "Export",
     "ExportFile",
+    "Job",
+    "JobKind",
+    "JobStatus",
+    "PromotionPolicy",
+    "ScoreSource",
     "SourceKind",
+    "SuiteAttachment",
+    "SuiteKind",
     "VersionFile",
     "VersionStatus",
 ]
+
+
+def _enum(cls: type[enum.StrEnum], name: str, length: int = 16) -> Enum:
+    # Stored as VARCHAR + CHECK on every backend (no native enum types to migrate).
+    return Enum(cls, native_enum=False, length=length, create_constraint=True, name=name,
+                values_callable=lambda e: [m.value for m in e])
 
 
 class Blob(Base):
@@ -191,6 +222,8 @@ class AdapterVersion(Base):
     )
     verdicts: Mapped[list[Compatibility]] = relationship(viewonly=True)
     exports: Mapped[list[Export]] = relationship(viewonly=True)
+    # Read by the version object (few per version); domains never import each other for it.
+    scores: Mapped[list[EvalScore]] = relationship(viewonly=True, order_by="EvalScore.id")
 
 
 class VersionFile(Base):
@@ -268,3 +301,235 @@ class ExportFile(Base):
 
     export: Mapped[Export] = relationship(back_populates="files")
     blob: Mapped[Blob] = relationship()
+
+
+
+# --- jobs: the durable queue workers claim from --------------------------------------------
+
+
+class Job(Base):
+    """A unit of work for a worker (validate a version on a base; export later).
+
+    Claimed in one statement (``FOR UPDATE SKIP LOCKED`` on PostgreSQL, ``BEGIN IMMEDIATE`` on
+    SQLite), ordered by priority then id; a running job holds a lease the worker renews; an
+    expired lease makes it claimable again (``attempts`` + 1), and ``attempts`` fences late
+    reports from a worker whose lease was taken over.
+    """
+
+    __tablename__ = "jobs"
+    __table_args__ = (
+        Index("ix_jobs_status_priority_id", "status", "priority", "id"),
+        Index("ix_jobs_status_lease_expires_at", "status", "lease_expires_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    kind: Mapped[JobKind] = mapped_column(_enum(JobKind, "job_kind"), index=True)
+    status: Mapped[JobStatus] = mapped_column(_enum(JobStatus, "job_status"),
+                                              default=JobStatus.queued)
+    priority: Mapped[int] = mapped_column(Integer, default=0)
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    adapter_version_id: Mapped[int | None] = mapped_column(
+        ForeignKey("adapter_versions.id", ondelete="CASCADE"), index=True
+    )
+    base_model_id: Mapped[int | None] = mapped_column(
+        ForeignKey("base_models.id", ondelete="CASCADE"), index=True
+    )
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    max_attempts: Mapped[int] = mapped_column(Integer, default=3)
+    run_after: Mapped[datetime] = mapped_column(default=utcnow)
+    lease_owner: Mapped[str | None] = mapped_column(String(200))
+    lease_expires_at: Mapped[datetime | None] = mapped_column()
+    heartbeat_at: Mapped[datetime | None] = mapped_column()
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    started_at: Mapped[datetime | None] = mapped_column()
+    finished_at: Mapped[datetime | None] = mapped_column()
+    created_by: Mapped[str | None] = mapped_column(String(200))
+
+    version: Mapped[AdapterVersion | None] = relationship()
+    base_model: Mapped[BaseModelRow | None] = relationship()
+
+
+# --- evals: suites, which adapters run them, and scores --------------------------------------
+
+
+class EvalSuite(Base):
+    """One version of an eval suite: its kind, options and data files (blobs)."""
+
+    __tablename__ = "eval_suites"
+    __table_args__ = (UniqueConstraint("name", "version"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    version: Mapped[int] = mapped_column(Integer)
+    kind: Mapped[SuiteKind] = mapped_column(_enum(SuiteKind, "suite_kind"))
+    options: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # sha256 over the sorted path/digest list: re-adding equal content is the same version.
+    content_digest: Mapped[str] = mapped_column(String(71))
+    item_count: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_by: Mapped[str | None] = mapped_column(String(200))
+
+    files: Mapped[list[EvalSuiteFile]] = relationship(
+        back_populates="suite", order_by="EvalSuiteFile.path", cascade="all, delete-orphan"
+    )
+
+
+class EvalSuiteFile(Base):
+    __tablename__ = "eval_suite_files"
+    __table_args__ = (UniqueConstraint("suite_id", "path"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    suite_id: Mapped[int] = mapped_column(ForeignKey("eval_suites.id", ondelete="CASCADE"))
+    path: Mapped[str] = mapped_column(String(1024))
+    # RESTRICT: gc never removes a suite's data.
+    blob_id: Mapped[int] = mapped_column(ForeignKey("blobs.id", ondelete="RESTRICT"), index=True)
+
+    suite: Mapped[EvalSuite] = relationship(back_populates="files")
+    blob: Mapped[Blob] = relationship()
+
+
+class SuiteAttachment(Base):
+    """Suite NAME runs (its latest version) on every validation of the adapter."""
+
+    __tablename__ = "suite_attachments"
+    __table_args__ = (UniqueConstraint("adapter_id", "suite_name"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    adapter_id: Mapped[int] = mapped_column(ForeignKey("adapters.id", ondelete="CASCADE"))
+    suite_name: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_by: Mapped[str | None] = mapped_column(String(200))
+
+
+class EvalScore(Base):
+    """One metric of one suite for one version on one base (version NULL: the base's own).
+
+    Indexed for "latest score of metric M for version V" and "best version by M".
+    """
+
+    __tablename__ = "eval_scores"
+    __table_args__ = (
+        Index("ix_eval_scores_version_suite_metric", "adapter_version_id", "suite", "metric",
+              "created_at"),
+        Index("ix_eval_scores_suite_metric_value", "suite", "metric", "value"),
+        Index("ix_eval_scores_base_suite_metric", "base_model_id", "suite", "metric"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    adapter_version_id: Mapped[int | None] = mapped_column(
+        ForeignKey("adapter_versions.id", ondelete="CASCADE")
+    )
+    base_model_id: Mapped[int | None] = mapped_column(
+        ForeignKey("base_models.id", ondelete="CASCADE")
+    )
+    suite: Mapped[str] = mapped_column(String(200))
+    suite_version: Mapped[int | None] = mapped_column(Integer)
+    metric: Mapped[str] = mapped_column(String(200))
+    value: Mapped[float] = mapped_column(Float)
+    n: Mapped[int | None] = mapped_column(Integer)
+    source: Mapped[ScoreSource] = mapped_column(_enum(ScoreSource, "score_source", 8))
+    job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"),
+                                               index=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_by: Mapped[str | None] = mapped_column(String(200))
+
+    version: Mapped[AdapterVersion | None] = relationship()
+    base_model: Mapped[BaseModelRow | None] = relationship()
+
+
+# --- lifecycle: aliases, their history, promotion policies -----------------------------------
+
+
+class Alias(Base):
+    """A movable name (``production``) pointing one adapter at one of its versions."""
+
+    __tablename__ = "aliases"
+    __table_args__ = (UniqueConstraint("adapter_id", "name"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    adapter_id: Mapped[int] = mapped_column(ForeignKey("adapters.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(63))
+    version_id: Mapped[int] = mapped_column(
+        ForeignKey("adapter_versions.id", ondelete="RESTRICT"), index=True
+    )
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_by: Mapped[str | None] = mapped_column(String(200))
+
+    adapter: Mapped[Adapter] = relationship()
+    version: Mapped[AdapterVersion] = relationship()
+
+
+class AliasEvent(Base):
+    """One move of an alias (append-only): what it pointed at before and after, who, why, and
+    the gate results as they were evaluated. Rollback walks these."""
+
+    __tablename__ = "alias_events"
+    __table_args__ = (Index("ix_alias_events_adapter_id_alias_id", "adapter_id", "alias", "id"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    adapter_id: Mapped[int] = mapped_column(ForeignKey("adapters.id", ondelete="CASCADE"))
+    alias: Mapped[str] = mapped_column(String(63))
+    action: Mapped[AliasAction] = mapped_column(_enum(AliasAction, "alias_action"))
+    from_version_id: Mapped[int | None] = mapped_column(
+        ForeignKey("adapter_versions.id", ondelete="RESTRICT"), index=True
+    )
+    to_version_id: Mapped[int | None] = mapped_column(
+        ForeignKey("adapter_versions.id", ondelete="RESTRICT"), index=True
+    )
+    actor: Mapped[str | None] = mapped_column(String(200))
+    reason: Mapped[str | None] = mapped_column(Text)
+    gates: Mapped[Any] = mapped_column(JSON, default=list)
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    from_version: Mapped[AdapterVersion | None] = relationship(foreign_keys=[from_version_id])
+    to_version: Mapped[AdapterVersion | None] = relationship(foreign_keys=[to_version_id])
+
+
+class PromotionPolicy(Base):
+    """The gates a promotion to one alias must pass; ``adapter_id`` NULL: the registry-wide
+    default for that alias (at most one: a partial unique index)."""
+
+    __tablename__ = "promotion_policies"
+    __table_args__ = (
+        UniqueConstraint("adapter_id", "alias"),
+        Index("ix_promotion_policies_default_alias", "alias", unique=True,
+              postgresql_where=text("adapter_id IS NULL"),
+              sqlite_where=text("adapter_id IS NULL")),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    adapter_id: Mapped[int | None] = mapped_column(
+        ForeignKey("adapters.id", ondelete="CASCADE")
+    )
+    alias: Mapped[str] = mapped_column(String(63))
+    require_validated: Mapped[bool] = mapped_column(Boolean, default=False)
+    # {"SUITE.METRIC": threshold}; {"SUITE.METRIC": tolerance or null}
+    min_scores: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    max_scores: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    no_regression: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    require_base: Mapped[str | None] = mapped_column(String(200))
+    protected: Mapped[bool] = mapped_column(Boolean, default=False)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_by: Mapped[str | None] = mapped_column(String(200))
+
+
+# --- events: the outbox every change writes in its own transaction ----------------------------
+
+
+class Event(Base):
+    """Something that happened (``version.created``, ``alias.promoted`` …), written in the same
+    transaction as the change: the audit log and the webhooks' outbox. Append-only; ``id``
+    orders them (``GET /api/v1/events?after=ID``)."""
+
+    __tablename__ = "events"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    type: Mapped[str] = mapped_column(String(64), index=True)
+    adapter: Mapped[str | None] = mapped_column(String(200), index=True)
+    version: Mapped[int | None] = mapped_column(Integer)
+    alias: Mapped[str | None] = mapped_column(String(63))
+    actor: Mapped[str | None] = mapped_column(String(200))
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)

@@ -347,3 +347,24 @@ def test_a_full_blob_store_is_507_and_stores_nothing(tmp_path):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_eval_record_and_evals(home, adapters_dir):
+    assert run("push", "bot", str(adapters_dir["lora"]))[0] == 0
+    code, out, err = run("--json", "eval", "record", "bot:1", "--suite", "ppl",
+                         "perplexity=9.81", "accuracy=0.5")
+    assert code == 0, err
+    assert [(s["suite"], s["metric"], s["value"], s["source"]) for s in out["scores"]] == [
+        ("ppl", "accuracy", 0.5, "ci"), ("ppl", "perplexity", 9.81, "ci")]
+    code, out, err = run("--json", "evals", "bot")
+    assert code == 0 and {s["metric"] for s in out["scores"]} == {"accuracy", "perplexity"}
+    code, out, err = run("evals", "bot:1")
+    assert code == 0 and "ppl.perplexity\t9.81" in out
+    for args, fragment in ((["perplexity=nan"], "finite"), (["perplexity=fast"], "number"),
+                           (["perplexity"], "metric=value"), ([], "metric=value")):
+        code, _, err = run("eval", "record", "bot:1", "--suite", "ppl", *args)
+        assert_one_line_error(code, err, code=1, fragment=fragment)
+    code, _, err = run("eval", "record", "bot:9", "--suite", "ppl", "x=1")
+    assert_one_line_error(code, err, code=3, fragment="no version")
+    code, out, _ = run("--json", "show", "bot:1")
+    assert len(out["scores"]) == 2  # the refused records stored nothing

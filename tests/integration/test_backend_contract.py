@@ -177,3 +177,40 @@ def test_conflicts_are_the_same(family: RegistryBackend, adapters_dir, settings)
         (bad / "adapter_model.bin").write_bytes(b"\x80\x04 pickle")
         push(family, name="bot", directory=bad, settings=settings)
     assert [v.version for v in family.list_versions("bot")] == [1, 2]
+
+
+def test_scores_record_and_show(family: RegistryBackend):
+    from registry.evals.schemas import RecordScoresIn
+
+    recorded = family.record_scores("bot", 1, RecordScoresIn(
+        suite="ppl-support", scores={"perplexity": 9.5, "tokens": "1200"}, n=32))
+    assert [(s.suite, s.metric, s.value, s.source, s.base) for s in recorded] == [
+        ("ppl-support", "perplexity", 9.5, "ci", "tiny-llama"),
+        ("ppl-support", "tokens", 1200.0, "ci", "tiny-llama")]
+    family.record_scores("bot", 1, RecordScoresIn(suite="ppl-support",
+                                                  scores={"perplexity": 9.1}))
+    shown = {(s.suite, s.metric): s.value for s in family.get_version("bot", 1).scores}
+    assert shown == {("ppl-support", "perplexity"): 9.1, ("ppl-support", "tokens"): 1200.0}
+    assert family.get_version("bot", 2).scores == []
+    for bad in ({"perplexity": "nan"}, {"perplexity": "fast"}, {"bad name!": 1.0}, {}):
+        with pytest.raises(errors.InvalidInput):
+            family.record_scores("bot", 1, RecordScoresIn(suite="ppl-support", scores=bad))
+    with pytest.raises(errors.InvalidInput):
+        family.record_scores("bot", 1, RecordScoresIn(suite="Bad.Suite", scores={"x": 1}))
+    with pytest.raises(errors.BaseModelNotFound):
+        family.record_scores("bot", 1, RecordScoresIn(suite="s", scores={"x": 1}, base="nope"))
+    assert len(family.get_version("bot", 1).scores) == 2  # nothing recorded by the refusals
+
+
+def test_events_page_through_version_creations(family: RegistryBackend):
+    page = family.list_events(after=0, limit=1)
+    [first] = page.events
+    assert (first.type, first.adapter, first.version) == ("version.created", "bot", 1)
+    assert first.payload["base_model"] == "tiny-llama"
+    rest = family.list_events(after=page.next_after or 0)
+    assert [(e.type, e.version) for e in rest.events] == [("version.created", 2)]
+    assert rest.events[0].payload["parent"] == "bot:1"
+    assert family.list_events(after=rest.next_after or 0).events == []
+    assert family.list_events(types=("alias.promoted",)).events == []
+    with pytest.raises(errors.InvalidInput):
+        family.list_events(limit=0)

@@ -1,0 +1,1 @@
+"""Evals: suites, which adapters run them, and scores (from workers, CI jobs or people)."""
