@@ -53,7 +53,8 @@ def cli(ctx: click.Context, url: str | None, token: str | None, as_json: bool) -
     """Keep LLM fine-tuning adapters: base models, versions, compatibility, merged exports.
 
     Every command exits 0 on success and non-zero with one line on stderr otherwise (1 invalid
-    input, 3 not found, 4 conflict, 5 unavailable). --json works before or after the command.
+    input, 3 not found, 4 conflict, 5 unavailable, 6 a check said no). --json works before or
+    after the command.
     """
     state = CliState(url=url, token=token, json=as_json)
     ctx.obj = state

@@ -16,8 +16,10 @@ from registry.client import HttpRegistry
 from registry.config import Settings
 
 # Exit codes: 1 invalid input or other failure, 2 usage (click), 3 not found, 4 conflict,
-# 5 registry or storage unavailable, 70 internal error.
+# 5 registry or storage unavailable, 6 a check said no (validation failed, a promotion gate
+# failed), 70 internal error.
 EXIT_CODES: list[tuple[type[errors.RegistryError], int]] = [
+    (errors.CheckFailed, 6),
     (errors.NotFound, 3),
     (errors.Conflict, 4),
     (errors.RegistryUnavailable, 5),

@@ -202,6 +202,16 @@ class IdempotencyConflict(Conflict):
     code = "idempotency_conflict"
 
 
+# --- 422 (exit 6): a check said no ------------------------------------------------------------
+
+
+class CheckFailed(RegistryError):
+    """A check said no."""
+
+    status_code = 422
+    code = "check_failed"
+
+
 # --- 5xx: the registry's own dependencies ------------------------------------------------------
 
 
