@@ -5,7 +5,11 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test test-unit lint bench server postgres clean
+.PHONY: venv demo test test-unit stress lint bench server postgres clean
+
+# Rounds of the gc-vs-push stress test in `make test` (the full proof: `make stress`, 20).
+REGISTRY_STRESS_ROUNDS ?= 4
+export REGISTRY_STRESS_ROUNDS
 
 venv: $(STAMP)
 
@@ -26,6 +30,9 @@ postgres:
 
 test: venv postgres
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+stress: venv postgres
+	REGISTRY_STRESS_ROUNDS=20 $(PY) -m pytest -m stress $(PYTEST_ARGS)
 
 test-unit: venv
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)

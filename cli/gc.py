@@ -14,7 +14,8 @@ from cli.output import CliState, pass_state
 @click.option("--dry-run", is_flag=True, help="Report what would be removed.")
 @pass_state
 def gc(state: CliState, grace_seconds: int | None, dry_run: bool) -> None:
-    """Remove uploaded blobs that no version references, once past the grace period."""
+    """Remove uploaded blobs that nothing references, once past the grace period, and what
+    crashed uploads left (objects without a record, temp files, multipart uploads)."""
     report = state.backend().gc(grace_seconds=grace_seconds, dry_run=dry_run)
 
     def human() -> None:
@@ -22,6 +23,9 @@ def gc(state: CliState, grace_seconds: int | None, dry_run: bool) -> None:
         click.echo(f"{verb} {report['removed_count']} unreferenced blob(s), "
                    f"{report['removed_bytes']} bytes")
         if report.get("orphans_removed"):
-            click.echo(f"removed {len(report['orphans_removed'])} unrecorded object(s)")
+            click.echo(f"{verb} {len(report['orphans_removed'])} stored object(s) without a "
+                       "record")
+        if report.get("temp_removed"):
+            click.echo(f"removed {report['temp_removed']} abandoned upload(s)")
 
     state.emit(report, human)

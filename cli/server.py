@@ -19,9 +19,13 @@ def server(state: CliState, host: str, port: int, log_level: str) -> None:
 
     from registry.api.app import create_app
     from registry.context import RegistryContext
+    from registry.storage.local import LocalBlobStore
 
     settings = state.settings()
     context = RegistryContext.open(settings)  # fail fast, with a one-line reason, before binding
+    if isinstance(context.store, LocalBlobStore):
+        # Uploads a killed server left in this host's temp directory (live ones hold a lock).
+        context.store.cleanup_temp(settings.gc_grace_seconds)
     try:
         uvicorn.run(create_app(context=context), host=host, port=port, log_level=log_level)
     finally:

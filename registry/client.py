@@ -77,6 +77,13 @@ def _raise_for(response: httpx.Response) -> None:
         _raise_error(response.status_code, response.content)
 
 
+def _upload_headers(size: int, pin_seconds: int | None) -> dict[str, str]:
+    headers = {"Content-Length": str(size), "Content-Type": "application/octet-stream"}
+    if pin_seconds is not None:
+        headers["Registry-Pin-Seconds"] = str(pin_seconds)
+    return headers
+
+
 class HttpRegistry:
     """A registry server reached over HTTP.
 
@@ -124,7 +131,14 @@ class HttpRegistry:
             return False
         return True
 
-    def upload_blob(self, digest: str, path: Path, *, progress: Progress = None) -> None:
+    def pin_blobs(self, digests: list[str], *, seconds: int) -> list[str]:
+        response = self._request("POST", "/api/v1/blobs/pins",
+                                 json={"digests": digests, "seconds": seconds})
+        missing: list[str] = response.json()["missing"]
+        return missing
+
+    def upload_blob(self, digest: str, path: Path, *, progress: Progress = None,
+                    pin_seconds: int | None = None) -> None:
         size = path.stat().st_size
 
         def body() -> Iterator[bytes]:
@@ -138,7 +152,7 @@ class HttpRegistry:
             "PUT",
             f"/api/v1/blobs/{digest}",
             content=body(),
-            headers={"Content-Length": str(size), "Content-Type": "application/octet-stream"},
+            headers=_upload_headers(size, pin_seconds),
         )
 
     def can_upload_unhashed(self, size: int) -> bool:
@@ -150,7 +164,8 @@ class HttpRegistry:
             return False
         return bool(info.get("upload_without_digest")) and info.get("stored") is False
 
-    def upload_new_blob(self, path: Path, *, progress: Progress = None) -> str:
+    def upload_new_blob(self, path: Path, *, progress: Progress = None,
+                        pin_seconds: int | None = None) -> str:
         """Send a file the server names by its content, hashing it on the way out; returns the
         digest after checking that the server computed the same one."""
         size = path.stat().st_size
@@ -168,7 +183,7 @@ class HttpRegistry:
                 "POST",
                 "/api/v1/blobs/uploads",
                 content=body(sha),
-                headers={"Content-Length": str(size), "Content-Type": "application/octet-stream"},
+                headers=_upload_headers(size, pin_seconds),
             ).json()["digest"]
             return check_uploaded(path, stored, f"sha256:{sha.hexdigest()}")
 

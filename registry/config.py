@@ -49,6 +49,8 @@ class Settings(BaseSettings):
 
     # S3 multipart part size; also the buffer the server holds per upload.
     s3_part_bytes: int = 8 * MiB
+    # A multipart upload that sent no part for this long is abandoned: gc aborts it.
+    s3_upload_idle_seconds: float = 600.0
 
     @model_validator(mode="after")
     def _check_limits(self) -> Settings:

@@ -40,7 +40,8 @@ class RegistryContext:
         elif current_revision(engine) != head_revision():
             engine.dispose()
             raise SchemaOutdated()
-        store = open_blob_store(settings.resolved_blob_url, part_bytes=settings.s3_part_bytes)
+        store = open_blob_store(settings.resolved_blob_url, part_bytes=settings.s3_part_bytes,
+                                upload_idle_seconds=settings.s3_upload_idle_seconds)
         return cls(settings, engine, make_sessionmaker(engine), store)
 
     def close(self) -> None:

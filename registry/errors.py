@@ -222,6 +222,12 @@ class StorageError(RegistryError):
     code = "storage_unavailable"
 
 
+class BlobBusy(StorageError):
+    """Garbage collection is removing this blob; retry the upload."""
+
+    code = "blob_busy"
+
+
 class InsufficientStorage(StorageError):
     """The blob store is full (no space left, a quota, a file size limit)."""
 

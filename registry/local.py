@@ -47,9 +47,15 @@ class LocalRegistry:
         with session_scope(self.ctx.sessions) as session:
             return blobs.get_blob(session, digest=digest) is not None
 
-    def upload_blob(self, digest: str, path: Path, *, progress: Progress = None) -> None:
+    def pin_blobs(self, digests: list[str], *, seconds: int) -> list[str]:
+        with session_scope(self.ctx.sessions) as session:
+            return blobs.pin_blobs(session, digests=digests, seconds=seconds)
+
+    def upload_blob(self, digest: str, path: Path, *, progress: Progress = None,
+                    pin_seconds: int | None = None) -> None:
         blobs.store_file(self.ctx.sessions, self.ctx.store, path, digest=digest,
-                         max_size=self.ctx.settings.max_file_bytes, progress=progress)
+                         max_size=self.ctx.settings.max_file_bytes, progress=progress,
+                         pin_seconds=pin_seconds)
 
     def can_upload_unhashed(self, size: int) -> bool:
         if not self.ctx.store.digest_after_upload:
@@ -57,10 +63,12 @@ class LocalRegistry:
         with session_scope(self.ctx.sessions) as session:
             return not blobs.size_stored(session, size=size)
 
-    def upload_new_blob(self, path: Path, *, progress: Progress = None) -> str:
+    def upload_new_blob(self, path: Path, *, progress: Progress = None,
+                        pin_seconds: int | None = None) -> str:
         # In process the writer's own hash is the file's digest: nothing travels in between.
         return blobs.store_file(self.ctx.sessions, self.ctx.store, path, digest=None,
-                                max_size=self.ctx.settings.max_file_bytes, progress=progress)
+                                max_size=self.ctx.settings.max_file_bytes, progress=progress,
+                                pin_seconds=pin_seconds)
 
     def download_blob(self, digest: str, out: BinaryIO, *, progress: Progress = None) -> None:
         with session_scope(self.ctx.sessions) as session:

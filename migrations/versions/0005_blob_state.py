@@ -1,4 +1,5 @@
-"""blob state: a row gc marks ``deleting`` before it removes the object
+"""blob state and pins: a row gc marks ``deleting`` before it removes the object, and the time
+until which a push in progress keeps a blob from gc
 
 Revision ID: 0005
 Revises: 0004
@@ -27,9 +28,12 @@ def upgrade() -> None:
                 server_default="present",
             )
         )
+        batch_op.add_column(sa.Column("pinned_until", sa.DateTime(timezone=True),
+                                      nullable=True))
 
 
 def downgrade() -> None:
     with op.batch_alter_table("blobs", schema=None) as batch_op:
+        batch_op.drop_column("pinned_until")
         batch_op.drop_constraint(batch_op.f("ck_blobs_blob_state"), type_="check")
         batch_op.drop_column("state")

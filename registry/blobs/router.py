@@ -14,7 +14,7 @@ from starlette.concurrency import run_in_threadpool
 
 from registry.api.deps import ContextDep, Digest, SessionDep, StoreDep
 from registry.blobs import service
-from registry.blobs.schemas import BlobSizeOut, BlobUploadOut
+from registry.blobs.schemas import BlobSizeOut, BlobUploadOut, PinIn, PinOut
 from registry.context import RegistryContext
 from registry.errors import BlobNotFound, InvalidInput, RangeNotSatisfiable, TooLarge
 from registry.storage import parse_digest
@@ -83,8 +83,22 @@ def _declared_length(request: Request) -> int | None:
     return int(declared)
 
 
+PIN_HEADER = "registry-pin-seconds"
+
+
+def _pin_seconds(request: Request) -> int | None:
+    value = request.headers.get(PIN_HEADER)
+    if value is None:
+        return None
+    if not value.isascii() or not value.isdigit():
+        raise InvalidInput(f"invalid {PIN_HEADER}: a number of seconds")
+    return int(value)
+
+
 async def _receive(request: Request, ctx: RegistryContext, digest: str | None) -> tuple[str, int]:
-    """Stream the request body into a new upload, then publish and record it."""
+    """Stream the request body into a new upload, then publish and record it (pinned from gc
+    for ``Registry-Pin-Seconds``, when a push sends that header)."""
+    pin_seconds = _pin_seconds(request)
     writer = await run_in_threadpool(
         service.start_upload, ctx.store, digest=digest, max_size=ctx.settings.max_file_bytes,
         declared_size=_declared_length(request),
@@ -114,7 +128,8 @@ async def _receive(request: Request, ctx: RegistryContext, digest: str | None) -
             inflight = None
         if pending:
             await run_in_threadpool(write_all, pending)
-        return await run_in_threadpool(service.finish_upload, ctx.sessions, writer)
+        return await run_in_threadpool(
+            lambda: service.finish_upload(ctx.sessions, writer, pin_seconds=pin_seconds))
     except BaseException:
         if inflight is not None:
             await asyncio.gather(inflight, return_exceptions=True)
@@ -155,3 +170,11 @@ async def upload_new_blob(request: Request, ctx: ContextDep) -> JSONResponse:
         status_code=201,
         headers={"Location": f"/api/v1/blobs/{digest}", "Docker-Content-Digest": digest},
     )
+
+
+@router.post("/pins", response_model=PinOut)
+def pin_blobs(body: PinIn, session: SessionDep) -> PinOut:
+    """Keep stored blobs from gc for ``seconds`` while a push uploads the rest and creates its
+    version (gc at any grace period leaves them alone); answers which are not stored. A push
+    then uploads those with the ``Registry-Pin-Seconds`` header, pinned too."""
+    return PinOut(missing=service.pin_blobs(session, digests=body.digests, seconds=body.seconds))

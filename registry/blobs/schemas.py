@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class BlobSizeOut(BaseModel):
@@ -18,3 +18,18 @@ class BlobUploadOut(BaseModel):
 
     digest: str
     size: int
+
+
+class PinIn(BaseModel):
+    """``POST /api/v1/blobs/pins``: keep these blobs from gc while a push runs."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    digests: list[str] = Field(max_length=10_000)
+    seconds: int = Field(ge=1, le=3600, description="how long gc leaves them alone")
+
+
+class PinOut(BaseModel):
+    """The digests that are not stored (upload them, pinned)."""
+
+    missing: list[str]

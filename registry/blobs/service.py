@@ -1,29 +1,104 @@
-"""Blob rows (a row = digest verified and recorded) and garbage collection of unused blobs."""
+"""Blob rows (a row = a verified, stored object) and garbage collection of unused blobs.
+
+The blob row orders everything that happens to one digest (docs/architecture.md, "Garbage
+collection"): an upload publishes its object while holding the row; gc marks a row
+``deleting`` before it removes the object, and removes it while holding the row; everyone
+else treats a ``deleting`` row as absent. So a ``present`` row always has its object: a
+version that was created stays pullable, and HEAD 200 means GET succeeds.
+"""
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from sqlalchemy import delete, exists, select
+from sqlalchemy import ColumnElement, delete, exists, or_, select, true, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
 from registry.db.base import utcnow
 from registry.db.dialect import insert_ignore
 from registry.db.engine import session_scope
-from registry.db.models import BaseModelFile, Blob, ExportFile, VersionFile
-from registry.errors import BlobNotFound, TooLarge
+from registry.db.models import (
+    BaseModelFile,
+    Blob,
+    BlobState,
+    EvalSuiteFile,
+    ExportFile,
+    VersionFile,
+)
+from registry.errors import BlobBusy, BlobNotFound, InvalidInput, TooLarge
 from registry.storage import BlobStore, BlobWriter, parse_digest
 
+log = logging.getLogger(__name__)
+
 READ_CHUNK = 1024 * 1024
+# How long an upload waits for gc to finish removing the same digest before answering 503.
+PUBLISH_WAIT_SECONDS = 30.0
+GC_BATCH = 200
+
+# Every table whose rows keep a blob alive.
+_REFERENCES = (VersionFile.blob_id, BaseModelFile.blob_id, ExportFile.blob_id,
+               EvalSuiteFile.blob_id)
+
+
+# A push may pin the blobs it needs for at most this long (it renews the pin by pinning again).
+MAX_PIN_SECONDS = 3600
+
+
+def _unreferenced(now: datetime) -> list[ColumnElement[bool]]:
+    """Collectable: nothing references the blob and no push in progress pins it."""
+    return [
+        *(~exists().where(column == Blob.id) for column in _REFERENCES),
+        or_(Blob.pinned_until.is_(None), Blob.pinned_until <= now),
+    ]
+
+
+def _pin_until(seconds: int | None) -> datetime | None:
+    if seconds is None:
+        return None
+    if not 0 < seconds <= MAX_PIN_SECONDS:
+        raise InvalidInput(f"pin seconds must be between 1 and {MAX_PIN_SECONDS}")
+    return utcnow() + timedelta(seconds=seconds)
+
+
+def pin_blobs(session: Session, *, digests: list[str], seconds: int) -> list[str]:
+    """Keep stored blobs from gc for ``seconds`` (a push between its uploads and its create).
+
+    Returns:
+        The digests that are not stored (or that gc is removing): upload them, pinned.
+
+    Raises:
+        InvalidDigest, InvalidInput (seconds outside 1..3600, too many digests).
+    """
+    if len(digests) > 10_000:
+        raise InvalidInput("at most 10000 digests per pin request")
+    for digest in digests:
+        parse_digest(digest)
+    until = _pin_until(seconds)
+    wanted = sorted(set(digests))
+    session.execute(
+        update(Blob)
+        .where(Blob.digest.in_(wanted), Blob.state == BlobState.present,
+               or_(Blob.pinned_until.is_(None), Blob.pinned_until < until))
+        .values(pinned_until=until)
+    )
+    stored = set(session.scalars(select(Blob.digest).where(
+        Blob.digest.in_(wanted), Blob.state == BlobState.present)))
+    return [d for d in wanted if d not in stored]
 
 
 def get_blob(session: Session, *, digest: str) -> Blob | None:
-    """The recorded blob for ``digest``, or None (HEAD answers 404 then)."""
+    """The stored blob for ``digest``, or None (HEAD answers 404 then; also while gc is
+    removing it)."""
     parse_digest(digest)
-    return session.scalars(select(Blob).where(Blob.digest == digest)).one_or_none()
+    return session.scalars(
+        select(Blob).where(Blob.digest == digest, Blob.state == BlobState.present)
+    ).one_or_none()
 
 
 def size_stored(session: Session, *, size: int) -> bool:
@@ -38,8 +113,14 @@ def blobs_for(session: Session, files: dict[str, str]) -> dict[str, Blob]:
     Raises:
         BlobNotFound: a digest was never uploaded (names the path).
     """
-    digests = set(files.values())
-    found = {b.digest: b for b in session.scalars(select(Blob).where(Blob.digest.in_(digests)))}
+    digests = sorted(set(files.values()))
+    stmt = select(Blob).where(Blob.digest.in_(digests), Blob.state == BlobState.present)
+    if session.get_bind().dialect.name == "postgresql":
+        # FOR SHARE until the caller's transaction ends: gc's mark (FOR UPDATE SKIP LOCKED)
+        # skips these rows, so a blob cannot be collected between this check and the insert
+        # of the rows that reference it.
+        stmt = stmt.order_by(Blob.id).with_for_update(read=True)
+    found = {b.digest: b for b in session.scalars(stmt)}
     for path, digest in sorted(files.items()):
         if digest not in found:
             raise BlobNotFound(
@@ -63,14 +144,23 @@ class BlobFiles:
         return self._store.read_range(self._files[path].digest, offset, length)
 
 
-def record_blob(session: Session, *, digest: str, size: int) -> None:
-    """Record a blob whose content the store has verified; a second record is a no-op."""
-    insert_ignore(
-        session,
-        Blob,
-        {"digest": digest, "size": size, "created_at": utcnow()},
-        keys=["digest"],
-    )
+def _lock_row(session: Session, *, digest: str, size: int) -> Blob:
+    """The blob's row, created ``present`` if missing, locked until the transaction ends."""
+    while True:
+        insert_ignore(
+            session, Blob,
+            {"digest": digest, "size": size, "created_at": utcnow(),
+             "state": BlobState.present},
+            keys=["digest"],
+        )
+        row = session.scalars(
+            select(Blob).where(Blob.digest == digest).with_for_update()
+            .execution_options(populate_existing=True)
+        ).one_or_none()
+        if row is not None:
+            return row
+        # The row the insert conflicted with was gc's, and gc deleted it before our lock
+        # came through: insert again (PostgreSQL; SQLite runs one writer at a time).
 
 
 def start_upload(store: BlobStore, *, digest: str | None, max_size: int,
@@ -88,29 +178,53 @@ def start_upload(store: BlobStore, *, digest: str | None, max_size: int,
     return store.writer(digest, max_size=max_size)
 
 
-def finish_upload(factory: sessionmaker[Session], writer: BlobWriter) -> tuple[str, int]:
-    """Verify and publish a fully written upload, then record its row.
+def finish_upload(factory: sessionmaker[Session], writer: BlobWriter,
+                  *, pin_seconds: int | None = None,
+                  wait_seconds: float = PUBLISH_WAIT_SECONDS) -> tuple[str, int]:
+    """Verify a fully written upload, then publish it and record its row, in one transaction.
 
-    The one place a blob becomes visible (HEAD answers from the row), whoever received it: the
-    blob routes and the embedded registry both end their uploads here.
+    The one place a blob becomes visible, whoever received it (the blob routes and the
+    embedded registry both end their uploads here). The object is published while this
+    transaction holds the blob's row, so gc (which removes an object only while it holds the
+    row, marked ``deleting``) can never remove it in between. If gc is removing this digest
+    right now, wait for it to finish, then publish ours.
+
+    Args:
+        pin_seconds: keep the blob from gc this long (a push uploading it for a version).
 
     Returns:
         ``(digest, size)``.
 
     Raises:
-        DigestMismatch (the upload is aborted), StorageError.
+        DigestMismatch (the upload is aborted), StorageError, BlobBusy (gc held the digest
+        longer than ``wait_seconds``), InvalidInput (pin seconds out of range).
     """
-    size = writer.commit()
+    until = _pin_until(pin_seconds)
+    size = writer.seal()
     digest = writer.digest
-    assert digest is not None  # commit() sets it for uploads named by their content
-    with session_scope(factory) as session:
-        record_blob(session, digest=digest, size=size)
-    return digest, size
+    assert digest is not None  # seal() sets it for uploads named by their content
+    deadline = time.monotonic() + wait_seconds
+    delay = 0.01
+    while True:
+        with session_scope(factory) as session:
+            row = _lock_row(session, digest=digest, size=size)
+            if row.state == BlobState.present:
+                writer.publish()
+                row.created_at = utcnow()  # the grace period counts from the last upload
+                if until is not None and (row.pinned_until is None or row.pinned_until < until):
+                    row.pinned_until = until
+                return digest, size
+        if time.monotonic() > deadline:
+            writer.abort()
+            raise BlobBusy(f"blob {digest} is being garbage-collected; retry the upload")
+        time.sleep(delay)
+        delay = min(delay * 2, 0.5)
 
 
 def store_file(factory: sessionmaker[Session], store: BlobStore, path: Path, *,
                digest: str | None, max_size: int,
-               progress: Callable[[int], None] | None = None) -> str:
+               progress: Callable[[int], None] | None = None,
+               pin_seconds: int | None = None) -> str:
     """Upload a local file (the embedded registry's push) and record it.
 
     Returns:
@@ -127,7 +241,7 @@ def store_file(factory: sessionmaker[Session], store: BlobStore, path: Path, *,
             writer.write(chunk)
             if progress:
                 progress(len(chunk))
-        return finish_upload(factory, writer)[0]
+        return finish_upload(factory, writer, pin_seconds=pin_seconds)[0]
 
 
 @dataclass
@@ -135,6 +249,7 @@ class GcReport:
     removed: list[str] = field(default_factory=list)
     removed_bytes: int = 0
     orphans_removed: list[str] = field(default_factory=list)
+    temp_removed: int = 0
     dry_run: bool = False
 
     def to_json(self) -> dict[str, object]:
@@ -143,8 +258,134 @@ class GcReport:
             "removed_count": len(self.removed),
             "removed_bytes": self.removed_bytes,
             "orphans_removed": self.orphans_removed,
+            "temp_removed": self.temp_removed,
             "dry_run": self.dry_run,
         }
+
+
+def _is_postgres(session: Session) -> bool:
+    return session.get_bind().dialect.name == "postgresql"
+
+
+def _mark(factory: sessionmaker[Session], cutoff: datetime, now: datetime) -> None:
+    """Phase 1: mark unreferenced, old, present rows ``deleting`` (committed before any
+    object is touched, so a crash later leaves rows that read as absent, never a present row
+    without its object)."""
+    while True:
+        with session_scope(factory) as session:
+            candidates = (
+                select(Blob.id)
+                .where(Blob.state == BlobState.present, Blob.created_at < cutoff,
+                       *_unreferenced(now))
+                .order_by(Blob.id)
+                .limit(GC_BATCH)
+            )
+            if _is_postgres(session):
+                # Rows a push holds FOR SHARE (about to be referenced) are skipped, not waited on.
+                candidates = candidates.with_for_update(skip_locked=True)
+            ids = list(session.scalars(candidates))
+            if not ids:
+                return
+            # Checked again in a statement of its own: under READ COMMITTED it sees references
+            # committed after the candidates were read.
+            session.execute(
+                update(Blob)
+                .where(Blob.id.in_(ids), Blob.state == BlobState.present, *_unreferenced(now))
+                .values(state=BlobState.deleting)
+            )
+        if len(ids) < GC_BATCH:
+            return
+
+
+def _remove_marked(factory: sessionmaker[Session], store: BlobStore, report: GcReport) -> None:
+    """Phase 2: remove the objects of ``deleting`` rows, each while holding its row, then
+    the rows. Rows left ``deleting`` by a gc that died are finished here too."""
+    seen: set[int] = set()
+    while True:
+        with session_scope(factory) as session:
+            stmt = (
+                select(Blob)
+                .where(Blob.state == BlobState.deleting, Blob.id.not_in(seen) if seen else true())
+                .order_by(Blob.id)
+                .limit(GC_BATCH)
+            )
+            if _is_postgres(session):
+                stmt = stmt.with_for_update(skip_locked=True)
+            rows = list(session.scalars(stmt))
+            if not rows:
+                return
+            for row in rows:
+                seen.add(row.id)
+                store.delete(row.digest)  # while we hold the row: no upload can publish it
+                report.removed.append(row.digest)
+                report.removed_bytes += row.size
+            session.execute(
+                delete(Blob).where(Blob.id.in_([r.id for r in rows]),
+                                   Blob.state == BlobState.deleting)
+            )
+
+
+def _claim_orphan(session: Session, digest: str, size: int) -> bool:
+    """Insert a ``deleting`` row for a stored object that has none; False when a row exists
+    (an upload recorded it meanwhile, or will: its uncommitted row makes us wait for it)."""
+    module = postgresql if _is_postgres(session) else sqlite
+    stmt = (
+        module.insert(Blob)
+        .values(digest=digest, size=size, created_at=utcnow(), state=BlobState.deleting)
+        .on_conflict_do_nothing(index_elements=["digest"])
+        .returning(Blob.id)
+    )
+    return session.execute(stmt).scalar_one_or_none() is not None
+
+
+def _remove_orphans(factory: sessionmaker[Session], store: BlobStore, cutoff: datetime,
+                    report: GcReport, *, dry_run: bool) -> None:
+    """Objects in the store with no row at all (an upload whose transaction did not commit):
+    each is claimed with a ``deleting`` row, removed, and its row dropped, in one transaction,
+    so an upload of the same digest waits for us instead of losing its object."""
+    batch: list[tuple[str, int]] = []
+    for stat in store.iter_blobs():
+        if stat.modified < cutoff:
+            batch.append((stat.digest, stat.size))
+        if len(batch) == 500:
+            _orphan_batch(factory, store, batch, report, dry_run=dry_run)
+            batch = []
+    _orphan_batch(factory, store, batch, report, dry_run=dry_run)
+
+
+def _orphan_batch(factory: sessionmaker[Session], store: BlobStore,
+                  batch: list[tuple[str, int]], report: GcReport, *, dry_run: bool) -> None:
+    if not batch:
+        return
+    with session_scope(factory) as session:
+        known = set(session.scalars(select(Blob.digest).where(
+            Blob.digest.in_([digest for digest, _ in batch]))))
+    for digest, size in batch:
+        if digest in known:
+            continue
+        if dry_run:
+            report.orphans_removed.append(digest)
+            continue
+        with session_scope(factory) as session:
+            if not _claim_orphan(session, digest, size):
+                continue  # recorded meanwhile
+            store.delete(digest)
+            session.execute(delete(Blob).where(Blob.digest == digest,
+                                               Blob.state == BlobState.deleting))
+            report.orphans_removed.append(digest)
+
+
+def _dry_run(factory: sessionmaker[Session], cutoff: datetime, now: datetime,
+             report: GcReport) -> None:
+    with session_scope(factory) as session:
+        doomed = session.scalars(
+            select(Blob)
+            .where(Blob.state == BlobState.present, Blob.created_at < cutoff,
+                   *_unreferenced(now))
+            .order_by(Blob.id)
+        ).all()
+        report.removed = [b.digest for b in doomed]
+        report.removed_bytes = sum(b.size for b in doomed)
 
 
 def collect_garbage(
@@ -155,51 +396,35 @@ def collect_garbage(
     dry_run: bool = False,
     now: datetime | None = None,
 ) -> GcReport:
-    """Remove blobs that no version references once they are older than the grace period.
+    """Remove blobs nothing references once they are older than the grace period, objects
+    the store holds without a row, and uploads that crashed (temp files, multipart uploads).
 
-    The rows are deleted first (in one transaction, skipping rows another transaction holds),
-    then the objects. A blob referenced by any version, base model or export is never a
-    candidate, and the foreign keys from their file tables make deleting one impossible.
-    Objects in the store without a row (an upload whose server died before recording it) are
-    removed after the same grace period.
+    Safe while pushes run, on every backend (see the module docstring): a referenced blob is
+    never a candidate, the foreign keys make deleting one impossible, and an object is only
+    ever removed while gc holds its row marked ``deleting``.
 
     Args:
-        factory: session factory; gc commits its own transaction.
+        factory: session factory; gc commits its own transactions.
         store: the blob store.
-        grace_seconds: minimum age of an unreferenced blob before it is removed.
-        dry_run: report what would be removed, remove nothing.
+        grace_seconds: minimum age (since its last upload) of an unreferenced blob, orphan
+            object or crashed upload before it is removed.
+        dry_run: report what would be removed (blobs and orphans), remove nothing.
         now: the current time (tests).
 
     Returns:
         What was (or would be) removed.
     """
-    cutoff = (now or utcnow()) - timedelta(seconds=grace_seconds)
+    now = now or utcnow()
+    cutoff = now - timedelta(seconds=grace_seconds)
     report = GcReport(dry_run=dry_run)
-    with session_scope(factory) as session:
-        candidates = (
-            select(Blob)
-            .where(Blob.created_at < cutoff)
-            .where(~exists().where(VersionFile.blob_id == Blob.id))
-            .where(~exists().where(BaseModelFile.blob_id == Blob.id))
-            .where(~exists().where(ExportFile.blob_id == Blob.id))
-            .order_by(Blob.id)
-        )
-        if session.get_bind().dialect.name == "postgresql":
-            candidates = candidates.with_for_update(skip_locked=True)
-        doomed = list(session.scalars(candidates))
-        report.removed = [b.digest for b in doomed]
-        report.removed_bytes = sum(b.size for b in doomed)
-        if doomed and not dry_run:
-            session.execute(delete(Blob).where(Blob.id.in_([b.id for b in doomed])))
-        known = set(session.scalars(select(Blob.digest)))
     if dry_run:
+        _dry_run(factory, cutoff, now, report)
+        _remove_orphans(factory, store, cutoff, report, dry_run=True)
         return report
-    for digest in report.removed:
-        store.delete(digest)
-    for stat in store.iter_blobs():
-        if stat.digest not in known and stat.digest not in report.removed and (
-            stat.modified < cutoff
-        ):
-            store.delete(stat.digest)
-            report.orphans_removed.append(stat.digest)
+    _mark(factory, cutoff, now)
+    _remove_marked(factory, store, report)
+    _remove_orphans(factory, store, cutoff, report, dry_run=False)
+    age = max((utcnow() - cutoff).total_seconds(), 0.0)
+    report.temp_removed = store.cleanup_temp(age)
     return report
+

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,11 +19,13 @@ from registry.base_models.sources import wanted
 from registry.clientside.ci_env import detect_provenance
 from registry.config import Settings
 from registry.errors import (
+    BlobBusy,
     BlobNotFound,
     DigestMismatch,
     InvalidInput,
     InvalidPath,
     InvalidReference,
+    NotFound,
 )
 from registry.formats import (
     PICKLE_SUFFIXES,
@@ -116,15 +120,28 @@ def push(
 T = TypeVar("T")
 
 
+# A push retries its create this many times when gc took a blob it had uploaded or found.
+REUPLOAD_ATTEMPTS = 8
+
+
 def with_reupload(create: Callable[[], T], backend: RegistryBackend, directory: Path,
                   files: dict[str, str], progress: ProgressFactory | None) -> T:
-    """Run ``create``; if a blob vanished since its HEAD (gc removed an old unreferenced copy
-    between our check and the create), upload what is missing again and retry once."""
-    try:
-        return create()
-    except BlobNotFound:
-        upload_missing(backend, directory, files, progress)
-        return create()
+    """Run ``create``; if a blob vanished since its upload or HEAD (gc removed it, being
+    unreferenced, before the version referenced it), upload what is missing again and retry.
+
+    With gc running continuously at ``--grace 0`` a retry can lose the race again, so it
+    retries a few times, with a growing random pause; the server's own locking guarantees a
+    created version is complete whatever happens in between.
+    """
+    for attempt in range(REUPLOAD_ATTEMPTS):
+        try:
+            return create()
+        except (BlobNotFound, BlobBusy):
+            if attempt == REUPLOAD_ATTEMPTS - 1:
+                raise
+            time.sleep(random.uniform(0, 0.02 * 2**attempt))
+            upload_missing(backend, directory, files, progress)
+    raise AssertionError("unreachable")
 
 
 # Files at least this large are sent without hashing them first when no stored blob has their
@@ -151,7 +168,8 @@ def upload_files(backend: RegistryBackend, directory: Path, paths: list[str],
         size = local.stat().st_size
         if size >= UNHASHED_UPLOAD_MIN and backend.can_upload_unhashed(size):
             with progress_bar(progress, f"upload {path}", size) as update:
-                files[path] = backend.upload_new_blob(local, progress=update)
+                files[path] = backend.upload_new_blob(local, progress=update,
+                                                      pin_seconds=PIN_SECONDS)
             sent.append(path)
         else:
             files[path] = sha256_file(local)[0]
@@ -160,20 +178,37 @@ def upload_files(backend: RegistryBackend, directory: Path, paths: list[str],
     return files, sorted(sent + uploaded), skipped
 
 
+# A push pins the blobs it uploads or finds, so gc (at any grace period) leaves them alone
+# until the version references them; an abandoned push's pins expire after this long.
+PIN_SECONDS = 3600
+
+
 def upload_missing(backend: RegistryBackend, directory: Path, files: dict[str, str],
-                    progress: ProgressFactory | None) -> tuple[list[str], list[str]]:
+                   progress: ProgressFactory | None) -> tuple[list[str], list[str]]:
+    """Pin the stored blobs among ``files`` and upload (pinned) the others.
+
+    Returns:
+        The paths uploaded, the paths already stored.
+    """
+    digests = sorted(set(files.values()))
+    try:
+        missing = set(backend.pin_blobs(digests, seconds=PIN_SECONDS))
+    except NotFound as exc:
+        if type(exc) is not NotFound:
+            raise
+        # A registry from before pins (no such route): ask blob by blob, unpinned.
+        missing = {d for d in digests if not backend.blob_exists(d)}
     uploaded: list[str] = []
     skipped: list[str] = []
-    done: set[str] = set()
     for path in sorted(files):
         digest = files[path]
-        if digest in done or backend.blob_exists(digest):
+        if digest not in missing:
             skipped.append(path)
             continue
         local = directory / path
         with progress_bar(progress, f"upload {path}", local.stat().st_size) as update:
-            backend.upload_blob(digest, local, progress=update)
-        done.add(digest)
+            backend.upload_blob(digest, local, progress=update, pin_seconds=PIN_SECONDS)
+        missing.discard(digest)
         uploaded.append(path)
     return uploaded, skipped
 

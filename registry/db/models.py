@@ -90,6 +90,9 @@ class Blob(Base):
         Enum(BlobState, native_enum=False, length=8, create_constraint=True, name="blob_state"),
         default=BlobState.present, server_default=BlobState.present.value,
     )
+    # A push in progress pins the blobs it uploaded or found until it creates its version:
+    # gc leaves a pinned blob alone whatever its grace period (the pin expires by itself).
+    pinned_until: Mapped[datetime | None] = mapped_column()
 
 
 class BaseModelRow(Base):

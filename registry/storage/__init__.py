@@ -88,12 +88,15 @@ def make_s3_client(endpoint_url: str | None = None) -> Any:
     return boto3.session.Session().client("s3", endpoint_url=endpoint, config=config)
 
 
-def open_blob_store(url: str, *, part_bytes: int = DEFAULT_PART_BYTES) -> BlobStore:
+def open_blob_store(url: str, *, part_bytes: int = DEFAULT_PART_BYTES,
+                    upload_idle_seconds: float = 600.0) -> BlobStore:
     """Open the blob store a URL names.
 
     Args:
         url: ``file:///abs/dir``, a plain absolute path, or ``s3://bucket[/prefix]``.
         part_bytes: S3 multipart part size (at least 5 MiB); ignored for local stores.
+        upload_idle_seconds: S3 only: how long a multipart upload may send nothing before
+            gc takes it as abandoned (a local store knows its live uploads by their locks).
 
     Returns:
         A LocalBlobStore or an S3BlobStore; nothing is contacted or created yet.
@@ -127,6 +130,7 @@ def open_blob_store(url: str, *, part_bytes: int = DEFAULT_PART_BYTES) -> BlobSt
             bucket=parts.netloc,
             prefix=unquote(parts.path).strip("/"),
             part_bytes=part_bytes,
+            upload_idle_seconds=upload_idle_seconds,
         )
     raise InvalidInput(
         f"unsupported blob store URL {url!r}; use file:///absolute/dir, /absolute/dir "

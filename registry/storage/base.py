@@ -97,13 +97,21 @@ class BlobWriter(Protocol):
     """An upload in progress; nothing is visible until :meth:`commit` verifies the digest.
 
     ``digest`` is None for an upload whose digest is learned from its content (see
-    ``BlobStore.new_blob_writer``) until commit() sets it.
+    ``BlobStore.new_blob_writer``) until seal() or commit() sets it.
+
+    ``commit()`` is ``seal()`` then ``publish()``. The two halves exist so the slow part
+    (verifying, making the bytes durable) happens before the caller takes the blob's row lock,
+    and only the quick, atomic part (a rename, completing a multipart upload) under it.
     """
 
     digest: str | None
     size: int
 
     def write(self, data: bytes) -> None: ...
+
+    def seal(self) -> int: ...
+
+    def publish(self) -> None: ...
 
     def commit(self) -> int: ...
 
@@ -154,8 +162,9 @@ class BlobStore(Protocol):
 class HashingWriter(ABC):
     """Shared BlobWriter logic: size limit, running hash, verify-then-publish, abort on error.
 
-    Subclasses implement only the storage side: ``_write`` (accept bytes), ``_publish`` (make
-    the verified blob visible) and ``_discard`` (drop everything temporary; must not raise).
+    Subclasses implement only the storage side: ``_write`` (accept bytes), ``_seal`` (make what
+    was written durable, not yet visible), ``_publish`` (make the verified blob visible) and
+    ``_discard`` (drop everything temporary; must not raise).
     """
 
     def __init__(self, digest: str | None, *, max_size: int | None = None) -> None:
@@ -167,12 +176,15 @@ class HashingWriter(ABC):
         self.max_size = max_size
         self.size = 0
         self._hash = hashlib.sha256()
-        self._state = "open"  # -> "committed" | "aborted"
+        self._state = "open"  # -> "sealed" -> "committed", or "aborted"
 
     # --- storage side ---------------------------------------------------------------------
 
     @abstractmethod
     def _write(self, data: bytes) -> None: ...
+
+    def _seal(self) -> None:  # noqa: B027 - optional: stores with nothing to flush skip it
+        """Make everything written durable before publishing (default: nothing to do)."""
 
     @abstractmethod
     def _publish(self) -> None: ...
@@ -206,8 +218,54 @@ class HashingWriter(ABC):
             self.abort()
             raise
 
+    def seal(self) -> int:
+        """Verify the digest and make the bytes durable; nothing is visible yet.
+
+        Returns:
+            The blob's size in bytes.
+
+        Raises:
+            DigestMismatch: if what was written does not hash to the digest; the upload is aborted.
+            StorageError: if the store fails; the upload is aborted.
+        """
+        if self._state in ("sealed", "committed"):
+            return self.size
+        self._require_open()
+        actual = format_digest(self._hash.hexdigest())
+        if self.digest is None:  # an upload named by its content
+            self.digest = actual
+        elif actual != self.digest:
+            self.abort()
+            raise DigestMismatch(f"expected {self.digest}, received content hashes to {actual}")
+        try:
+            self._seal()
+        except BaseException:
+            self.abort()
+            raise
+        self._state = "sealed"
+        return self.size
+
+    def publish(self) -> None:
+        """Make the sealed blob visible (atomically); idempotent after success.
+
+        If the blob already exists, the existing one is kept: same digest, same bytes.
+
+        Raises:
+            StorageError: if the store fails; the upload is aborted.
+        """
+        if self._state == "committed":
+            return
+        if self._state != "sealed":
+            raise RuntimeError(f"the {self._what} must be sealed before it is published")
+        try:
+            self._publish()
+        except BaseException:
+            self.abort()
+            raise
+        self._state = "committed"
+
     def commit(self) -> int:
-        """Verify the digest and make the blob visible.
+        """Verify the digest and make the blob visible (``seal()`` then ``publish()``).
 
         If the blob already exists the received bytes are still verified, then the existing
         blob is kept; concurrent uploads of the same content are therefore safe.
@@ -219,26 +277,14 @@ class HashingWriter(ABC):
             DigestMismatch: if what was written does not hash to the digest; the upload is aborted.
             StorageError: if the store fails; the upload is aborted.
         """
-        if self._state == "committed":
-            return self.size
-        self._require_open()
-        actual = format_digest(self._hash.hexdigest())
-        if self.digest is None:  # an upload named by its content
-            self.digest = actual
-        elif actual != self.digest:
-            self.abort()
-            raise DigestMismatch(f"expected {self.digest}, received content hashes to {actual}")
-        try:
-            self._publish()
-        except BaseException:
-            self.abort()
-            raise
-        self._state = "committed"
-        return self.size
+        size = self.seal()
+        self.publish()
+        return size
+
 
     def abort(self) -> None:
         """Drop the upload and everything temporary; idempotent, a no-op after commit."""
-        if self._state != "open":
+        if self._state not in ("open", "sealed"):
             return
         self._state = "aborted"
         self._discard()

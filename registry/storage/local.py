@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import os
 import time
 import uuid
@@ -87,6 +88,9 @@ class LocalBlobWriter(HashingWriter):
             store.tmp_dir.mkdir(parents=True, exist_ok=True)
             self._tmp = store.tmp_dir / f"{stem}.{uuid.uuid4().hex}.tmp"
             self._file = self._tmp.open("xb", buffering=0)
+            # Held until publish or discard: cleanup_temp() never removes a live upload's file,
+            # and the lock goes with the process if it dies.
+            fcntl.flock(self._file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
             raise _storage_error("creating a temp file", exc) from exc
         self._writeback = Writeback(self._file.fileno())
@@ -100,21 +104,26 @@ class LocalBlobWriter(HashingWriter):
             raise _storage_error("writing", exc) from exc
         self._writeback.wrote(len(data))
 
-    def _publish(self) -> None:
-        assert self.digest is not None  # commit() has set it
-        final = self._store.path_for(self.digest)
+    def _seal(self) -> None:
         try:
             os.fsync(self._file.fileno())
-            self._file.close()
+        except OSError as exc:
+            raise _storage_error("writing", exc) from exc
+
+    def _publish(self) -> None:
+        assert self.digest is not None  # seal() has set it
+        final = self._store.path_for(self.digest)
+        try:
             if final.is_file():
                 # Same digest, same bytes: keep the existing file, drop ours.
                 self._tmp.unlink(missing_ok=True)
-                return
-            final.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(self._tmp, final)
+            else:
+                final.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(self._tmp, final)
+                _fsync_dir(final.parent)
+            self._file.close()  # releases the temp file's lock, now that it is gone
         except OSError as exc:
             raise _storage_error("publishing", exc) from exc
-        _fsync_dir(final.parent)
 
     def _discard(self) -> None:
         with contextlib.suppress(OSError):
@@ -350,9 +359,11 @@ class LocalBlobStore:
     def cleanup_temp(self, older_than_seconds: float = 3600) -> int:
         """Remove temp files left by crashed uploads.
 
+        A live upload holds an exclusive lock on its temp file (the kernel drops it when the
+        process dies), so this never removes one, whatever the age given.
+
         Args:
-            older_than_seconds: Only files not modified for this long are removed, so live
-                uploads are left alone.
+            older_than_seconds: Only files not modified for this long are removed.
 
         Returns:
             How many files were removed.
@@ -370,14 +381,30 @@ class LocalBlobStore:
             raise _storage_error("listing temp files", exc) from exc
         for entry in entries:
             try:
-                if entry.is_file(follow_symlinks=False) and entry.stat().st_mtime <= cutoff:
-                    os.unlink(entry.path)
+                if not (entry.is_file(follow_symlinks=False) and entry.name.endswith(".tmp")
+                        and entry.stat().st_mtime <= cutoff):
+                    continue
+                if _remove_unless_locked(entry.path):
                     removed += 1
             except FileNotFoundError:
                 continue  # finished or cleaned up by someone else meanwhile
             except OSError as exc:
                 raise _storage_error("removing temp files", exc) from exc
         return removed
+
+
+def _remove_unless_locked(path: str) -> bool:
+    """Unlink a temp file unless a live upload holds its lock; True when removed."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False  # a live upload
+        os.unlink(path)
+        return True
+    finally:
+        os.close(fd)
 
 
 def _blobs_in(leaf: Path, fanout: str) -> list[BlobStat]:

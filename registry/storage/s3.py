@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 MIN_PART_BYTES = 5 * MiB  # S3's minimum for every part but the last
 MAX_PARTS = 10_000  # S3's limit on parts per upload
 DEFAULT_PART_BYTES = 8 * MiB
+DEFAULT_UPLOAD_IDLE_SECONDS = 600.0
 
 _NOT_FOUND_CODES = frozenset({"NoSuchKey", "NotFound", "404"})
 # MinIO answers 507 XMinioStorageFull when its disks are full.
@@ -143,6 +144,15 @@ class S3BlobWriter(HashingWriter):
             self._sender.shutdown(wait=True)
             self._sender = None
 
+    def _seal(self) -> None:
+        # Every part but a small blob's only one is sent now; publishing completes the upload.
+        if self._upload_id is not None:
+            if self._buffer:
+                self._upload_part(self._buffer)
+                self._buffer = bytearray()
+            self._wait_for_part()
+            self._stop_sender()
+
     def _publish(self) -> None:
         assert self.digest is not None  # S3 uploads always name their digest up front
         if self._store.exists(self.digest):
@@ -154,10 +164,6 @@ class S3BlobWriter(HashingWriter):
             with _s3_errors("upload"):
                 self._client.put_object(Bucket=self._bucket, Key=self._key, Body=self._buffer)
         else:
-            if self._buffer:
-                self._upload_part(self._buffer)
-            self._wait_for_part()
-            self._stop_sender()
             with _s3_errors("upload"):
                 self._client.complete_multipart_upload(
                     Bucket=self._bucket,
@@ -202,6 +208,7 @@ class S3BlobStore:
         bucket: str,
         prefix: str = "",
         part_bytes: int = DEFAULT_PART_BYTES,
+        upload_idle_seconds: float = DEFAULT_UPLOAD_IDLE_SECONDS,
     ) -> None:
         """Create a store over an existing bucket.
 
@@ -210,6 +217,9 @@ class S3BlobStore:
             bucket: The bucket; it must already exist (see :meth:`check`).
             prefix: Key prefix, so one bucket can hold several registries.
             part_bytes: Multipart part size, and the most an upload buffers in memory.
+            upload_idle_seconds: A multipart upload that has sent no part for this long is
+                taken as abandoned by :meth:`cleanup_temp`, whatever age it is asked for (S3
+                cannot tell a live upload from a dead one otherwise).
 
         Raises:
             InvalidInput: for an empty bucket name or a part size under 5 MiB.
@@ -222,6 +232,7 @@ class S3BlobStore:
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self.part_bytes = part_bytes
+        self.upload_idle_seconds = upload_idle_seconds
         self.url = f"s3://{bucket}/{self.prefix}" if self.prefix else f"s3://{bucket}"
         self._blob_prefix = f"{self.prefix}/blobs/sha256/" if self.prefix else "blobs/sha256/"
 
@@ -442,9 +453,12 @@ class S3BlobStore:
     def cleanup_temp(self, older_than_seconds: float = 3600) -> int:
         """Abort multipart uploads under the prefix left by crashed uploads.
 
+        An upload is abandoned when it started before the cutoff and its newest part (if any)
+        is older than both the cutoff and ``upload_idle_seconds``: a live upload sends a part
+        every few seconds, so it is never aborted however small the age asked for.
+
         Args:
-            older_than_seconds: Only uploads initiated at least this long ago are aborted,
-                so live uploads are left alone.
+            older_than_seconds: Only uploads initiated at least this long ago are aborted.
 
         Returns:
             How many uploads were aborted.
@@ -452,7 +466,9 @@ class S3BlobStore:
         Raises:
             StorageError: if S3 fails.
         """
-        cutoff = datetime.now(UTC) - timedelta(seconds=older_than_seconds)
+        now = datetime.now(UTC)
+        cutoff = now - timedelta(seconds=older_than_seconds)
+        idle_cutoff = min(cutoff, now - timedelta(seconds=self.upload_idle_seconds))
         aborted = 0
         paginator = self.client.get_paginator("list_multipart_uploads")
         with _s3_errors("cleanup of uploads"):
@@ -460,6 +476,8 @@ class S3BlobStore:
                 for upload in page.get("Uploads", []):
                     if _utc(upload["Initiated"]) > cutoff:
                         continue
+                    if self._last_activity(upload) > idle_cutoff:
+                        continue  # still sending parts: a live upload
                     try:
                         self.client.abort_multipart_upload(
                             Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
@@ -471,6 +489,20 @@ class S3BlobStore:
                         raise
                     aborted += 1
         return aborted
+
+    def _last_activity(self, upload: dict[str, Any]) -> datetime:
+        """When the upload last sent a part (its start when it has none)."""
+        newest = _utc(upload["Initiated"])
+        try:
+            parts = self.client.list_parts(Bucket=self.bucket, Key=upload["Key"],
+                                           UploadId=upload["UploadId"])
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") == "NoSuchUpload":
+                return newest
+            raise
+        for part in parts.get("Parts", []):
+            newest = max(newest, _utc(part["LastModified"]))
+        return newest
 
 
 def _utc(value: datetime) -> datetime:

@@ -214,3 +214,22 @@ def test_events_page_through_version_creations(family: RegistryBackend):
     assert family.list_events(types=("alias.promoted",)).events == []
     with pytest.raises(errors.InvalidInput):
         family.list_events(limit=0)
+
+
+def test_pins(family: RegistryBackend, tmp_path):
+    stored = family.get_version("bot", 1).files[0].digest
+    absent = "sha256:" + "1" * 64
+    assert family.pin_blobs([stored, absent], seconds=60) == [absent]
+    assert family.pin_blobs([], seconds=60) == []
+    for seconds in (0, 3601):
+        with pytest.raises(errors.InvalidInput):
+            family.pin_blobs([stored], seconds=seconds)
+    with pytest.raises(errors.InvalidDigest):
+        family.pin_blobs(["sha256:xyz"], seconds=60)
+    data = b"pinned upload"
+    path = tmp_path / "p.bin"
+    path.write_bytes(data)
+    digest = f"sha256:{hashlib.sha256(data).hexdigest()}"
+    family.upload_blob(digest, path, pin_seconds=60)
+    assert family.gc(grace_seconds=0, dry_run=False)["removed"] == []  # pinned: kept
+    assert family.blob_exists(digest)

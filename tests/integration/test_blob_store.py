@@ -216,6 +216,12 @@ def test_cleanup_temp_removes_only_stale_uploads(store: BlobStore) -> None:
         # moto reports every multipart upload as initiated in 2010, so only the local store
         # can show that a fresh upload survives.
         assert store.cleanup_temp(3600) == 0
+        # A live upload holds its temp file's lock: even an age of 0 leaves it alone...
+        assert store.cleanup_temp(0) == 0
+        # ...until its process dies, which releases the lock (closing the descriptor does).
+        w._file.close()
+    else:
+        store.upload_idle_seconds = 0
     assert store.cleanup_temp(0) == 1
     assert leftovers(store) == []
     w.abort()  # its upload is already gone; must not raise
