@@ -18,6 +18,7 @@ from prometheus_client import (
 from sqlalchemy import text
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import registry
@@ -75,8 +76,24 @@ class Metrics:
         )
 
 
+class BodyTooLarge(StarletteHTTPException):
+    """A JSON request body passed MAX_JSON_BODY while it was being read.
+
+    An HTTPException so that FastAPI's body parsing re-raises it as it is (it turns any other
+    error raised while reading into a 400) and the error handlers render it as a 413.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(413, f"request body over {MAX_JSON_BODY} bytes")
+
+
 class RequestMiddleware:
-    """Per request: refuse oversized JSON bodies up front, and record metrics.
+    """Per request: hold JSON bodies to MAX_JSON_BODY, and record metrics.
+
+    The limit is checked on the declared ``Content-Length`` up front and on the bytes actually
+    received (a chunked body declares none): reading stops at the first chunk past the limit,
+    so a request holds at most the limit plus one chunk whatever the client sends; uvicorn
+    discards the rest of the body as it arrives once the 413 has been sent.
 
     A plain ASGI middleware rather than ``@app.middleware("http")``: Starlette's
     BaseHTTPMiddleware passes every request and response chunk through extra tasks and memory
@@ -93,32 +110,57 @@ class RequestMiddleware:
             await self.app(scope, receive, send)
             return
         start = time.perf_counter()
-        # Blob uploads stream with their own limit; every other body is parsed in memory.
+        # Blob uploads stream into the store with their own limit (max_file_bytes) and their
+        # receive is left as it is (a wrapper per chunk costs upload throughput); every other
+        # body is parsed in memory.
+        limited = not scope["path"].startswith("/api/v1/blobs/")
         declared = Headers(scope=scope).get("content-length")
-        if (
-            declared is not None
-            and not scope["path"].startswith("/api/v1/blobs/")
-            and (not declared.isdigit() or int(declared) > MAX_JSON_BODY)
+        if limited and declared is not None and (
+            not declared.isdigit() or int(declared) > MAX_JSON_BODY
         ):
-            response = JSONResponse(
-                {"error": "too_large", "detail": f"request body over {MAX_JSON_BODY} bytes"},
-                status_code=413,
-            )
-            await response(scope, receive, send)
+            await self._too_large(scope, receive, send)
             self._observe(scope, 413, start)
             return
         status = 500
+        started = False
 
         async def send_status(message: Message) -> None:
-            nonlocal status
+            nonlocal status, started
             if message["type"] == "http.response.start":
                 status = message["status"]
+                started = True
             await send(message)
 
+        received = 0
+
+        async def receive_limited() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > MAX_JSON_BODY:
+                    raise BodyTooLarge()
+            return message
+
         try:
-            await self.app(scope, receive, send_status)
+            await self.app(scope, receive_limited if limited else receive, send_status)
+        except BodyTooLarge:
+            # Normally rendered by the error handlers; this catches a read outside a route
+            # (or one whose error was wrapped), so the client still gets the 413.
+            if started:
+                raise
+            status = 413
+            await self._too_large(scope, receive, send)
         finally:
             self._observe(scope, status, start)
+
+    @staticmethod
+    async def _too_large(scope: Scope, receive: Receive, send: Send) -> None:
+        response = JSONResponse(
+            {"error": "too_large", "detail": f"request body over {MAX_JSON_BODY} bytes"},
+            status_code=413,
+        )
+        await response(scope, receive, send)
 
     def _observe(self, scope: Scope, status: int, start: float) -> None:
         path = getattr(scope.get("route"), "path", "unmatched")
