@@ -31,6 +31,10 @@ def run_migrations_online() -> None:
             compare_type=True,
         )
         with context.begin_transaction():
+            if connection.dialect.name == "postgresql":
+                # The engine's statement_timeout bounds a request, not a migration: building an
+                # index on a large table may take longer. LOCAL: it ends with this transaction.
+                connection.exec_driver_sql("SET LOCAL statement_timeout = 0")
             context.run_migrations()
 
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
-from fastapi import APIRouter, FastAPI, Response
+import anyio
+import anyio.to_thread
+from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -15,7 +18,6 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from sqlalchemy import text
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -24,39 +26,75 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 import registry
 from registry.adapters.router import router as adapters_router
 from registry.admin.router import router as admin_router
-from registry.api.deps import ContextDep
+from registry.api.deps import get_context
 from registry.api.errors import install_error_handlers
 from registry.base_models.router import compat_router
 from registry.base_models.router import router as base_models_router
 from registry.blobs.router import router as blobs_router
 from registry.config import Settings
 from registry.context import RegistryContext
+from registry.db.engine import current_revision
 from registry.errors import RegistryError
 from registry.exports.router import router as exports_router
 
+log = logging.getLogger("registry.api")
 health = APIRouter(tags=["health"])
 MAX_JSON_BODY = 8 * 1024 * 1024
 
 
 @health.get("/healthz")
-def healthz() -> dict[str, str]:
+async def healthz() -> dict[str, str]:
+    # async: answered on the event loop, so liveness holds while every worker thread of the
+    # threadpool waits on a database that does not answer (a sync route would queue for one).
     return {"status": "ok"}
 
 
-@health.get("/readyz")
-def readyz(ctx: ContextDep) -> JSONResponse:
-    checks: dict[str, str] = {}
+def _check_database(ctx: RegistryContext) -> dict[str, str]:
     try:
-        with ctx.engine.connect() as conn:
-            conn.execute(text("SELECT 1"))
-        checks["database"] = "ok"
+        revision = current_revision(ctx.engine)
     except Exception as exc:  # readiness reports any failure instead of raising it
-        checks["database"] = f"error: {type(exc).__name__}"
+        log.warning("readiness: database check failed: %s: %s", type(exc).__name__, exc)
+        return {"database": f"error: {type(exc).__name__}"}
+    if revision != ctx.schema_head:
+        # Reachable but without the tables this code uses (dropped, restored from an old dump,
+        # not migrated yet): every call would fail, so the replica is not ready.
+        return {"database": "ok", "schema": f"error: at revision {revision}, expected "
+                f"{ctx.schema_head}; run `adapter-registry db upgrade`"}
+    return {"database": "ok", "schema": "ok"}
+
+
+def _check_store(ctx: RegistryContext) -> dict[str, str]:
     try:
         ctx.store.check()
-        checks["blob_store"] = "ok"
     except RegistryError as exc:
-        checks["blob_store"] = f"error: {exc.detail}"
+        # The reason may name endpoints, buckets or paths: it goes to the log, not the probe.
+        log.warning("readiness: blob store check failed: %s", exc.detail)
+        return {"blob_store": f"error: {exc.code}"}
+    return {"blob_store": "ok"}
+
+
+@health.get("/readyz")
+async def readyz(request: Request) -> JSONResponse:
+    """Ready when the database answers at the schema revision this code expects and the blob
+    store is reachable; 503 otherwise, within the database's connect + pool timeouts."""
+    ctx = get_context(request)
+    state = request.app.state
+    if getattr(state, "readiness_limiter", None) is None:
+        # Its own threads: the probe must answer while the shared threadpool is exhausted.
+        state.readiness_limiter = anyio.CapacityLimiter(4)
+    settings = ctx.settings
+    limit = settings.db_connect_timeout_seconds + settings.db_pool_timeout_seconds
+    checks: dict[str, str] = {"database": f"error: no answer within {limit:g} s",
+                              "blob_store": f"error: no answer within {limit:g} s"}
+
+    async def run(check: Callable[[RegistryContext], dict[str, str]]) -> None:
+        checks.update(await anyio.to_thread.run_sync(
+            check, ctx, limiter=state.readiness_limiter, abandon_on_cancel=True))
+
+    with anyio.move_on_after(limit):
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(run, _check_database)
+            tasks.start_soon(run, _check_store)
     ready = all(v == "ok" for v in checks.values())
     return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
 

@@ -7,9 +7,10 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from registry.db.faults import translate as translate_db_error
 from registry.errors import RegistryError
 
 log = logging.getLogger("registry.api")
@@ -50,13 +51,22 @@ def install_error_handlers(app: FastAPI) -> None:
         code = _HTTP_CODES.get(exc.status_code, "http_error")
         return _error(exc.status_code, code, str(exc.detail))
 
-    @app.exception_handler(OperationalError)
-    async def _database_down(req: Request, exc: OperationalError) -> JSONResponse:
-        log.error("database error on %s %s: %s", req.method, req.url.path, exc.orig)
-        return _error(503, "database_unavailable", "the registry database is unavailable")
+    @app.exception_handler(SQLAlchemyError)
+    async def _database_error(req: Request, exc: SQLAlchemyError) -> JSONResponse:
+        mapped = translate_db_error(exc)
+        if mapped is None:
+            return _internal_error(req, exc)
+        # The reason (host, port, SQL) stays in the server log; the client learns what to do.
+        log.error("database error on %s %s: %s: %s", req.method, req.url.path,
+                  type(exc).__name__, getattr(exc, "orig", None) or exc)
+        return _error(mapped.status_code, mapped.code, mapped.detail)
 
     @app.exception_handler(Exception)
     async def _unexpected(req: Request, exc: Exception) -> JSONResponse:
-        # A bug, not bad input: log it whole, tell the client only that it happened.
-        log.exception("unhandled error on %s %s", req.method, req.url.path)
-        return _error(500, "internal_error", "internal error; see the server log")
+        return _internal_error(req, exc)
+
+
+def _internal_error(req: Request, exc: Exception) -> JSONResponse:
+    # A bug, not bad input: log it whole, tell the client only that it happened.
+    log.error("unhandled error on %s %s", req.method, req.url.path, exc_info=exc)
+    return _error(500, "internal_error", "internal error; see the server log")
