@@ -3,9 +3,7 @@ never answers, a lock held too long, a schema dropped under a running server."""
 
 from __future__ import annotations
 
-import socket
 import sqlite3
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -25,36 +23,13 @@ from registry.db.faults import translate
 from registry.db.timeouts import DbTimeouts
 from registry.errors import DatabaseUnavailable
 from tests.conftest import PG_HOST, PG_PORT, pg_url
+from tests.integration.helpers import serve
 from tests.integration.tcp_proxy import TcpProxy
 
 Z = "sha256:" + "0" * 64
 # Short timeouts keep the tests short; the defaults (5/10/30 s) are checked in tests/unit.
 FAST = {"db_connect_timeout_seconds": 2, "db_pool_timeout_seconds": 3,
         "db_statement_timeout_seconds": 2}
-
-
-@contextmanager
-def serve(context: RegistryContext) -> Iterator[str]:
-    """The API on a real socket (uvicorn in a thread), like the live_server fixture."""
-    import uvicorn
-
-    from registry.api.app import create_app
-
-    sock = socket.create_server(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(context=context), log_level="critical"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "test server did not start"
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        sock.close()
 
 
 @pytest.fixture
