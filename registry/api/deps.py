@@ -39,10 +39,23 @@ SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 StoreDep = Annotated[BlobStore, Depends(get_store)]
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 
+# The rules registry.refs and registry.storage enforce, also written into the OpenAPI schema
+# (json_schema_extra: documented, not validated by FastAPI, so a bad value still gets the
+# registry's own error code, e.g. invalid_name or invalid_digest, rather than a generic one).
+# A name segment never holds "..": every dot is followed by another character or ends it.
+_SEGMENT = r"[a-z0-9](?:[a-z0-9_-]|\.[a-z0-9_-])*\.?"
+NAME_PATTERN = rf"^{_SEGMENT}(?:/{_SEGMENT})?$"
+DIGEST_PATTERN = r"^sha256:[0-9a-f]{64}$"
+
 AdapterName = Annotated[
-    str, Path(description="adapter name, optionally namespace/name", max_length=200)
+    str, Path(description="adapter name, optionally namespace/name", max_length=200,
+              json_schema_extra={"pattern": NAME_PATTERN})
 ]
 VersionNumber = Annotated[int, Path(ge=1, le=2**31 - 1, description="version number")]
-Digest = Annotated[str, Path(description="sha256:<64 hex digits>", max_length=71)]
-BaseName = Annotated[str, Query(max_length=200, description="base model name")]
+Digest = Annotated[str, Path(description="sha256:<64 hex digits>", max_length=71,
+                             json_schema_extra={"pattern": DIGEST_PATTERN})]
+BaseName = Annotated[str, Query(max_length=200, description="base model name",
+                                json_schema_extra={"pattern": NAME_PATTERN})]
+OptionalBaseName = Annotated[str | None, Query(max_length=200, description="base model name",
+                                               json_schema_extra={"pattern": NAME_PATTERN})]
 BaseRevision = Annotated[str | None, Query(max_length=200, description="default: latest")]
