@@ -18,6 +18,7 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -70,10 +71,19 @@ def _check_store(ctx: RegistryContext) -> dict[str, str]:
         # The reason may name endpoints, buckets or paths: it goes to the log, not the probe.
         log.warning("readiness: blob store check failed: %s", exc.detail)
         return {"blob_store": f"error: {exc.code}"}
+    except Exception as exc:  # readiness reports any failure instead of raising it
+        log.warning("readiness: blob store check failed: %s: %s", type(exc).__name__, exc)
+        return {"blob_store": f"error: {type(exc).__name__}"}
     return {"blob_store": "ok"}
 
 
-@health.get("/readyz")
+class ReadyOut(BaseModel):
+    ready: bool
+    checks: dict[str, str] = Field(description="database, schema, blob_store: ok or error: …")
+
+
+@health.get("/readyz", response_model=ReadyOut,
+            responses={503: {"model": ReadyOut, "description": "not ready: see checks"}})
 async def readyz(request: Request) -> JSONResponse:
     """Ready when the database answers at the schema revision this code expects and the blob
     store is reachable; 503 otherwise, within the database's connect + pool timeouts."""

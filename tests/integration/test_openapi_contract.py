@@ -71,6 +71,7 @@ def test_every_error_response_is_documented_with_the_error_model(live_server):
     assert {"200", "206", "404", "416", "422", "503"} <= set(blob["get"]["responses"])
     assert {"201", "400", "413", "422", "503", "507"} <= set(blob["put"]["responses"])
     assert "content" not in blob["put"]["responses"]["201"]  # PUT answers 201 without a body
+    assert set(spec["paths"]["/readyz"]["get"]["responses"]) == {"200", "503"}
     create = spec["paths"]["/api/v1/adapters/{name}/versions"]["post"]["responses"]
     assert {"201", "200", "404", "409", "413", "422", "503"} <= set(create)
 
