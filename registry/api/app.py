@@ -211,7 +211,10 @@ class RequestMiddleware:
         await response(scope, receive, send)
 
     def _observe(self, scope: Scope, status: int, start: float) -> None:
-        path = getattr(scope.get("route"), "path", "unmatched")
+        # The route's template as OpenAPI spells it ("/api/v1/blobs/{digest}"), without path
+        # convertors ("{digest:blob_digest}", "{name:path}").
+        route = scope.get("route")
+        path = getattr(route, "path_format", None) or getattr(route, "path", "unmatched")
         method = scope["method"]
         self.metrics.requests.labels(method, path, str(status)).inc()
         self.metrics.latency.labels(method, path).observe(time.perf_counter() - start)
