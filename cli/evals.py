@@ -7,6 +7,7 @@ import click
 from cli.output import CliState, fail, pass_state
 from registry.adapters.schemas import ScoreOut, VersionOut
 from registry.clientside.ci_env import detect_provenance
+from registry.evals.metrics import check_metric
 from registry.evals.schemas import RecordScoresIn
 
 
@@ -15,13 +16,13 @@ def eval_group() -> None:
     """Eval scores computed outside the registry (a CI job's own eval)."""
 
 
-def _parse_scores(pairs: tuple[str, ...]) -> dict[str, str]:
-    scores: dict[str, str] = {}
+def _parse_scores(pairs: tuple[str, ...]) -> dict[str, float]:
+    scores: dict[str, float] = {}
     for pair in pairs:
         metric, sep, value = pair.partition("=")
         if not sep or not metric or not value:
             fail(f"invalid score {pair!r}: expected metric=value")
-        scores[metric] = value
+        scores[metric] = check_metric(metric, value)  # the server checks again
     if not scores:
         fail("give at least one metric=value")
     return scores

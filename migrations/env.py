@@ -14,10 +14,12 @@ target_metadata = Base.metadata
 def _engine():
     engine = config.attributes.get("engine")
     if engine is None:
-        from registry.config import get_settings
+        # Only when alembic runs without the registry (its own CLI): settings from the env.
+        from registry.config import Settings
         from registry.db.engine import make_engine
 
-        engine = make_engine(get_settings().resolved_database_url)
+        settings = Settings()
+        engine = make_engine(settings.resolved_database_url, timeouts=settings.db_timeouts())
     return engine
 
 
@@ -31,6 +33,10 @@ def run_migrations_online() -> None:
             compare_type=True,
         )
         with context.begin_transaction():
+            if connection.dialect.name == "postgresql":
+                # The engine's statement_timeout bounds a request, not a migration: building an
+                # index on a large table may take longer. LOCAL: it ends with this transaction.
+                connection.exec_driver_sql("SET LOCAL statement_timeout = 0")
             context.run_migrations()
 
 

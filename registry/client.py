@@ -27,6 +27,7 @@ from registry.adapters.schemas import (
 from registry.backend import Progress
 from registry.base_models.schemas import BaseModelOut, RegisterBaseIn
 from registry.compat.schemas import CompatibleBaseOut, CompatibleVersionOut, VerdictOut
+from registry.evals.metrics import check_metric
 from registry.evals.schemas import RecordScoresIn
 from registry.events.schemas import EventPageOut
 from registry.exports.schemas import CreateExportIn, ExportOut
@@ -314,6 +315,8 @@ class HttpRegistry:
         return response.content
 
     def record_scores(self, name: str, version: int, body: RecordScoresIn) -> list[ScoreOut]:
+        for metric, value in body.scores.items():
+            check_metric(metric, value)  # NaN and infinity cannot even be sent as JSON
         response = self._request("POST", f"/api/v1/adapters/{name}/versions/{version}/evals",
                                  json=body.model_dump(mode="json"))
         return [ScoreOut.model_validate(s) for s in response.json()]

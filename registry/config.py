@@ -8,6 +8,7 @@ from pathlib import Path
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from registry.db.timeouts import DbTimeouts
 from registry.formats.adapter import Limits
 
 MiB = 1024 * 1024
@@ -52,11 +53,22 @@ class Settings(BaseSettings):
     # A multipart upload that sent no part for this long is abandoned: gc aborts it.
     s3_upload_idle_seconds: float = 600.0
 
+    # Database waits (see DbTimeouts): a request answers within about 30 s, with a 503 when the
+    # database does not, instead of hanging a worker thread.
+    db_connect_timeout_seconds: float = DbTimeouts.connect_seconds
+    db_pool_timeout_seconds: float = DbTimeouts.pool_seconds
+    db_statement_timeout_seconds: float = DbTimeouts.statement_seconds
+
     @model_validator(mode="after")
     def _check_limits(self) -> Settings:
         for name in ("max_file_bytes", "max_files_per_version", "max_config_bytes",
                      "max_header_bytes", "max_metadata_bytes", "s3_part_bytes"):
             if getattr(self, name) <= 0:
+                raise ValueError(f"REGISTRY_{name.upper()} must be positive")
+        for name in ("db_connect_timeout_seconds", "db_pool_timeout_seconds",
+                     "db_statement_timeout_seconds"):
+            # Zero would mean "no timeout" to libpq and PostgreSQL: the hang this guards against.
+            if not getattr(self, name) > 0:
                 raise ValueError(f"REGISTRY_{name.upper()} must be positive")
         if self.s3_part_bytes < 5 * MiB:
             raise ValueError("REGISTRY_S3_PART_BYTES must be at least 5 MiB (S3 minimum part size)")
@@ -77,6 +89,14 @@ class Settings(BaseSettings):
             max_files=self.max_files_per_version,
             max_config_bytes=self.max_config_bytes,
             max_header_bytes=self.max_header_bytes,
+        )
+
+    def db_timeouts(self) -> DbTimeouts:
+        """The database timeouts, as the engine takes them."""
+        return DbTimeouts(
+            connect_seconds=self.db_connect_timeout_seconds,
+            pool_seconds=self.db_pool_timeout_seconds,
+            statement_seconds=self.db_statement_timeout_seconds,
         )
 
     @property

@@ -25,6 +25,8 @@ class RegistryContext:
     engine: Engine
     sessions: sessionmaker[Session]
     store: BlobStore
+    # The alembic head this code expects; /readyz compares the database's revision with it.
+    schema_head: str | None = None
 
     @classmethod
     def open(cls, settings: Settings) -> RegistryContext:
@@ -33,16 +35,17 @@ class RegistryContext:
         Raises:
             SchemaOutdated: migrations are off and the schema is behind.
         """
-        engine = make_engine(settings.resolved_database_url)
+        engine = make_engine(settings.resolved_database_url, timeouts=settings.db_timeouts())
+        head = head_revision()
         if settings.should_migrate:
-            if current_revision(engine) != head_revision():
+            if current_revision(engine) != head:
                 upgrade(engine)
-        elif current_revision(engine) != head_revision():
+        elif current_revision(engine) != head:
             engine.dispose()
             raise SchemaOutdated()
         store = open_blob_store(settings.resolved_blob_url, part_bytes=settings.s3_part_bytes,
                                 upload_idle_seconds=settings.s3_upload_idle_seconds)
-        return cls(settings, engine, make_sessionmaker(engine), store)
+        return cls(settings, engine, make_sessionmaker(engine), store, schema_head=head)
 
     def close(self) -> None:
         self.engine.dispose()

@@ -242,11 +242,17 @@ class RegistryUnavailable(RegistryError):
     code = "unavailable"
 
 
+class DatabaseUnavailable(RegistryUnavailable):
+    """The registry database is unavailable; try again later."""
+
+    code = "database_unavailable"
+
+
 class SchemaOutdated(RegistryError):
     """The database schema is not at the current migration; run `adapter-registry db upgrade`."""
 
     status_code = 503
-    code = "schema_outdated"
+    code = "schema_out_of_date"
 
 
 def classes_by_code() -> dict[str, type[RegistryError]]:

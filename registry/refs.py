@@ -11,6 +11,11 @@ _SEGMENT = r"[a-z0-9][a-z0-9._-]*"
 NAME_RE = re.compile(rf"^{_SEGMENT}(?:/{_SEGMENT})?$")
 ALIAS_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 MAX_NAME_LENGTH = 200
+# The same rule as a JSON-schema pattern, for OpenAPI (documented only: the registry's own
+# checks answer invalid_name). A name segment never holds "..": every dot is followed by
+# another character or ends it.
+_DOC_SEGMENT = r"[a-z0-9](?:[a-z0-9_-]|\.[a-z0-9_-])*\.?"
+NAME_PATTERN = rf"^{_DOC_SEGMENT}(?:/{_DOC_SEGMENT})?$"
 
 
 def validate_name(name: str, *, what: str = "adapter name") -> str:

@@ -4,25 +4,32 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Response
+from fastapi import Path as FPath
 
 from registry.adapters import queries, service
 from registry.adapters.schemas import AdapterOut, CreateVersionIn, LineageOut, VersionOut
 from registry.api.deps import (
     AdapterName,
     BaseRevision,
+    OptionalBaseName,
     SessionDep,
     SettingsDep,
     StoreDep,
     VersionNumber,
 )
+from registry.api.responses import error_responses
 from registry.compat.schemas import CompatibleBaseOut, VerdictOut
-from registry.errors import InvalidReference
+from registry.errors import InvalidReference, VersionNotFound
+
+MAX_VERSION = 2**31 - 1
 
 router = APIRouter(prefix="/api/v1/adapters", tags=["adapters"])
+# What a lookup by name and version may answer besides its result.
+_LOOKUP = error_responses(404, 422, 503)
 
 
-@router.get("", response_model=list[AdapterOut])
+@router.get("", response_model=list[AdapterOut], responses=error_responses(503))
 def list_adapters(session: SessionDep) -> list[AdapterOut]:
     return service.list_adapters(session)
 
@@ -31,7 +38,8 @@ def list_adapters(session: SessionDep) -> list[AdapterOut]:
     "/{name:path}/versions",
     response_model=VersionOut,
     status_code=201,
-    responses={200: {"description": "idempotency key matched an existing version"}},
+    responses={200: {"description": "idempotency key matched an existing version"},
+               **error_responses(404, 409, 413, 422, 503)},
 )
 def create_version(
     name: AdapterName,
@@ -49,24 +57,25 @@ def create_version(
     return service.to_out(version)
 
 
-@router.get("/{name:path}/versions", response_model=list[VersionOut])
+@router.get("/{name:path}/versions", response_model=list[VersionOut], responses=_LOOKUP)
 def list_versions(name: AdapterName, session: SessionDep) -> list[VersionOut]:
     return [service.to_out(v) for v in queries.list_versions(session, name=name)]
 
 
-@router.get("/{name:path}/versions/latest", response_model=VersionOut)
+@router.get("/{name:path}/versions/latest", response_model=VersionOut, responses=_LOOKUP)
 def latest_version(name: AdapterName, session: SessionDep) -> VersionOut:
     return service.to_out(queries.get_version(session, name=name, version=None))
 
 
-@router.get("/{name:path}/versions/{version}/tensors")
+@router.get("/{name:path}/versions/{version}/tensors", responses=_LOOKUP)
 def version_tensors(
     name: AdapterName, version: VersionNumber, session: SessionDep
 ) -> dict[str, Any]:
     return service.tensor_manifest(session, name=name, version=version)
 
 
-@router.get("/{name:path}/versions/{version}/lineage", response_model=LineageOut)
+@router.get("/{name:path}/versions/{version}/lineage", response_model=LineageOut,
+            responses=_LOOKUP)
 def version_lineage(name: AdapterName, version: VersionNumber, session: SessionDep) -> LineageOut:
     """Ancestors (parent first), descendants (breadth-first, forks in other adapters included)
     and every merged export of each; at most 1,000 versions per direction."""
@@ -78,16 +87,20 @@ def _version_or_latest(value: str) -> int | None:
         return None
     if not value.isascii() or not value.isdigit() or int(value) < 1:
         raise InvalidReference(f"invalid version {value!r}: an integer from 1, or 'latest'")
+    if int(value) > MAX_VERSION:
+        # Well formed, and no version has that number (versions are 32-bit in the database).
+        raise VersionNotFound(f"no version {value}")
     return int(value)
 
 
 @router.get("/{name:path}/versions/{version}/compat",
-            response_model=VerdictOut | list[CompatibleBaseOut])
+            response_model=VerdictOut | list[CompatibleBaseOut], responses=_LOOKUP)
 def version_compat(
     name: AdapterName,
-    version: Annotated[str, "a version number or 'latest'"],
+    version: Annotated[str, FPath(description="a version number or 'latest'",
+                                  json_schema_extra={"pattern": r"^(latest|[1-9][0-9]*)$"})],
     session: SessionDep,
-    base: Annotated[str | None, Query(max_length=200)] = None,
+    base: OptionalBaseName = None,
     base_revision: BaseRevision = None,
 ) -> VerdictOut | list[CompatibleBaseOut]:
     """With ``base``: the static verdict for that pair. Without: every base model it fits."""
@@ -98,6 +111,6 @@ def version_compat(
                                    base_revision=base_revision)
 
 
-@router.get("/{name:path}/versions/{version}", response_model=VersionOut)
+@router.get("/{name:path}/versions/{version}", response_model=VersionOut, responses=_LOOKUP)
 def get_version(name: AdapterName, version: VersionNumber, session: SessionDep) -> VersionOut:
     return service.to_out(queries.get_version(session, name=name, version=version))

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
-from fastapi import APIRouter, FastAPI, Response
+import anyio
+import anyio.to_thread
+from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -15,49 +18,95 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from sqlalchemy import text
+from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import registry
 from registry.adapters.router import router as adapters_router
 from registry.admin.router import router as admin_router
-from registry.api.deps import ContextDep
+from registry.api.deps import get_context
 from registry.api.errors import install_error_handlers
 from registry.base_models.router import compat_router
 from registry.base_models.router import router as base_models_router
 from registry.blobs.router import router as blobs_router
 from registry.config import Settings
 from registry.context import RegistryContext
+from registry.db.engine import current_revision
 from registry.errors import RegistryError
 from registry.evals.router import router as evals_router
 from registry.events.router import router as events_router
 from registry.exports.router import router as exports_router
 
+log = logging.getLogger("registry.api")
 health = APIRouter(tags=["health"])
 MAX_JSON_BODY = 8 * 1024 * 1024
 
 
 @health.get("/healthz")
-def healthz() -> dict[str, str]:
+async def healthz() -> dict[str, str]:
+    # async: answered on the event loop, so liveness holds while every worker thread of the
+    # threadpool waits on a database that does not answer (a sync route would queue for one).
     return {"status": "ok"}
 
 
-@health.get("/readyz")
-def readyz(ctx: ContextDep) -> JSONResponse:
-    checks: dict[str, str] = {}
+def _check_database(ctx: RegistryContext) -> dict[str, str]:
     try:
-        with ctx.engine.connect() as conn:
-            conn.execute(text("SELECT 1"))
-        checks["database"] = "ok"
+        revision = current_revision(ctx.engine)
     except Exception as exc:  # readiness reports any failure instead of raising it
-        checks["database"] = f"error: {type(exc).__name__}"
+        log.warning("readiness: database check failed: %s: %s", type(exc).__name__, exc)
+        return {"database": f"error: {type(exc).__name__}"}
+    if revision != ctx.schema_head:
+        # Reachable but without the tables this code uses (dropped, restored from an old dump,
+        # not migrated yet): every call would fail, so the replica is not ready.
+        return {"database": "ok", "schema": f"error: at revision {revision}, expected "
+                f"{ctx.schema_head}; run `adapter-registry db upgrade`"}
+    return {"database": "ok", "schema": "ok"}
+
+
+def _check_store(ctx: RegistryContext) -> dict[str, str]:
     try:
         ctx.store.check()
-        checks["blob_store"] = "ok"
     except RegistryError as exc:
-        checks["blob_store"] = f"error: {exc.detail}"
+        # The reason may name endpoints, buckets or paths: it goes to the log, not the probe.
+        log.warning("readiness: blob store check failed: %s", exc.detail)
+        return {"blob_store": f"error: {exc.code}"}
+    except Exception as exc:  # readiness reports any failure instead of raising it
+        log.warning("readiness: blob store check failed: %s: %s", type(exc).__name__, exc)
+        return {"blob_store": f"error: {type(exc).__name__}"}
+    return {"blob_store": "ok"}
+
+
+class ReadyOut(BaseModel):
+    ready: bool
+    checks: dict[str, str] = Field(description="database, schema, blob_store: ok or error: …")
+
+
+@health.get("/readyz", response_model=ReadyOut,
+            responses={503: {"model": ReadyOut, "description": "not ready: see checks"}})
+async def readyz(request: Request) -> JSONResponse:
+    """Ready when the database answers at the schema revision this code expects and the blob
+    store is reachable; 503 otherwise, within the database's connect + pool timeouts."""
+    ctx = get_context(request)
+    state = request.app.state
+    if getattr(state, "readiness_limiter", None) is None:
+        # Its own threads: the probe must answer while the shared threadpool is exhausted.
+        state.readiness_limiter = anyio.CapacityLimiter(4)
+    settings = ctx.settings
+    limit = settings.db_connect_timeout_seconds + settings.db_pool_timeout_seconds
+    checks: dict[str, str] = {"database": f"error: no answer within {limit:g} s",
+                              "blob_store": f"error: no answer within {limit:g} s"}
+
+    async def run(check: Callable[[RegistryContext], dict[str, str]]) -> None:
+        checks.update(await anyio.to_thread.run_sync(
+            check, ctx, limiter=state.readiness_limiter, abandon_on_cancel=True))
+
+    with anyio.move_on_after(limit):
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(run, _check_database)
+            tasks.start_soon(run, _check_store)
     ready = all(v == "ok" for v in checks.values())
     return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
 
@@ -77,8 +126,34 @@ class Metrics:
         )
 
 
+class BodyTooLarge(StarletteHTTPException):
+    """A JSON request body passed MAX_JSON_BODY while it was being read.
+
+    An HTTPException so that FastAPI's body parsing re-raises it as it is (it turns any other
+    error raised while reading into a 400) and the error handlers render it as a 413.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(413, f"request body over {MAX_JSON_BODY} bytes")
+
+
+def _streams_a_blob(scope: Scope) -> bool:
+    """A blob upload (PUT /api/v1/blobs/{digest}, POST /api/v1/blobs/uploads): the only bodies
+    streamed to the store instead of parsed in memory (JSON blob routes such as /pins are
+    limited like every other)."""
+    path, method = scope["path"], scope["method"]
+    if not path.startswith("/api/v1/blobs/"):
+        return False
+    return method == "PUT" or (method == "POST" and path == "/api/v1/blobs/uploads")
+
+
 class RequestMiddleware:
-    """Per request: refuse oversized JSON bodies up front, and record metrics.
+    """Per request: hold JSON bodies to MAX_JSON_BODY, and record metrics.
+
+    The limit is checked on the declared ``Content-Length`` up front and on the bytes actually
+    received (a chunked body declares none): reading stops at the first chunk past the limit,
+    so a request holds at most the limit plus one chunk whatever the client sends; uvicorn
+    discards the rest of the body as it arrives once the 413 has been sent.
 
     A plain ASGI middleware rather than ``@app.middleware("http")``: Starlette's
     BaseHTTPMiddleware passes every request and response chunk through extra tasks and memory
@@ -95,35 +170,63 @@ class RequestMiddleware:
             await self.app(scope, receive, send)
             return
         start = time.perf_counter()
-        # Blob uploads stream with their own limit; every other body is parsed in memory.
+        # Blob uploads stream into the store with their own limit (max_file_bytes) and their
+        # receive is left as it is (a wrapper per chunk costs upload throughput); every other
+        # body is parsed in memory.
+        limited = not _streams_a_blob(scope)
         declared = Headers(scope=scope).get("content-length")
-        if (
-            declared is not None
-            and not scope["path"].startswith("/api/v1/blobs/")
-            and (not declared.isdigit() or int(declared) > MAX_JSON_BODY)
+        if limited and declared is not None and (
+            not declared.isdigit() or int(declared) > MAX_JSON_BODY
         ):
-            response = JSONResponse(
-                {"error": "too_large", "detail": f"request body over {MAX_JSON_BODY} bytes"},
-                status_code=413,
-            )
-            await response(scope, receive, send)
+            await self._too_large(scope, receive, send)
             self._observe(scope, 413, start)
             return
         status = 500
+        started = False
 
         async def send_status(message: Message) -> None:
-            nonlocal status
+            nonlocal status, started
             if message["type"] == "http.response.start":
                 status = message["status"]
+                started = True
             await send(message)
 
+        received = 0
+
+        async def receive_limited() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > MAX_JSON_BODY:
+                    raise BodyTooLarge()
+            return message
+
         try:
-            await self.app(scope, receive, send_status)
+            await self.app(scope, receive_limited if limited else receive, send_status)
+        except BodyTooLarge:
+            # Normally rendered by the error handlers; this catches a read outside a route
+            # (or one whose error was wrapped), so the client still gets the 413.
+            if started:
+                raise
+            status = 413
+            await self._too_large(scope, receive, send)
         finally:
             self._observe(scope, status, start)
 
+    @staticmethod
+    async def _too_large(scope: Scope, receive: Receive, send: Send) -> None:
+        response = JSONResponse(
+            {"error": "too_large", "detail": f"request body over {MAX_JSON_BODY} bytes"},
+            status_code=413,
+        )
+        await response(scope, receive, send)
+
     def _observe(self, scope: Scope, status: int, start: float) -> None:
-        path = getattr(scope.get("route"), "path", "unmatched")
+        # The route's template as OpenAPI spells it ("/api/v1/blobs/{digest}"), without path
+        # convertors ("{digest:blob_digest}", "{name:path}").
+        route = scope.get("route")
+        path = getattr(route, "path_format", None) or getattr(route, "path", "unmatched")
         method = scope["method"]
         self.metrics.requests.labels(method, path, str(status)).inc()
         self.metrics.latency.labels(method, path).observe(time.perf_counter() - start)

@@ -11,7 +11,9 @@ from sqlalchemy.orm import Session
 from registry.config import Settings
 from registry.context import RegistryContext
 from registry.db.engine import session_scope
+from registry.refs import NAME_PATTERN
 from registry.storage import BlobStore
+from registry.storage.base import DIGEST_PATTERN
 
 
 def get_context(request: Request) -> RegistryContext:
@@ -39,10 +41,19 @@ SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 StoreDep = Annotated[BlobStore, Depends(get_store)]
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 
+# The rules registry.refs and registry.storage enforce, also written into the OpenAPI schema
+# (json_schema_extra: documented, not validated by FastAPI, so a bad value still gets the
+# registry's own error code, e.g. invalid_name or invalid_digest, rather than a generic one).
+
 AdapterName = Annotated[
-    str, Path(description="adapter name, optionally namespace/name", max_length=200)
+    str, Path(description="adapter name, optionally namespace/name", max_length=200,
+              json_schema_extra={"pattern": NAME_PATTERN})
 ]
 VersionNumber = Annotated[int, Path(ge=1, le=2**31 - 1, description="version number")]
-Digest = Annotated[str, Path(description="sha256:<64 hex digits>", max_length=71)]
-BaseName = Annotated[str, Query(max_length=200, description="base model name")]
+Digest = Annotated[str, Path(description="sha256:<64 hex digits>", max_length=71,
+                             json_schema_extra={"pattern": DIGEST_PATTERN})]
+BaseName = Annotated[str, Query(max_length=200, description="base model name",
+                                json_schema_extra={"pattern": NAME_PATTERN})]
+OptionalBaseName = Annotated[str | None, Query(max_length=200, description="base model name",
+                                               json_schema_extra={"pattern": NAME_PATTERN})]
 BaseRevision = Annotated[str | None, Query(max_length=200, description="default: latest")]

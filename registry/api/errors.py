@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import logging
+import re
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from registry.errors import RegistryError
+from registry.db.faults import translate as translate_db_error
+from registry.errors import RegistryError, StorageError
 
 log = logging.getLogger("registry.api")
+
+_STORAGE_DOWN = "the blob store is unavailable; try again later"
 
 _HTTP_CODES = {
     400: "bad_request",
@@ -24,7 +30,7 @@ _HTTP_CODES = {
 
 
 def _error(status: int, code: str, detail: str,
-           headers: dict[str, str] | None = None) -> JSONResponse:
+           headers: Mapping[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"error": code, "detail": detail}, status_code=status, headers=headers)
 
 
@@ -38,7 +44,13 @@ def _validation_detail(exc: RequestValidationError) -> str:
 
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RegistryError)
-    async def _registry_error(_req: Request, exc: RegistryError) -> JSONResponse:
+    async def _registry_error(req: Request, exc: RegistryError) -> JSONResponse:
+        if exc.status_code == 503 and isinstance(exc, StorageError):
+            # A store's reason can name its endpoint, bucket, paths or an upload id: it goes
+            # to the log; the client learns only that the store failed and to retry.
+            log.error("blob store error on %s %s: %s (%r)", req.method, req.url.path,
+                      exc.detail, exc.__cause__)
+            return _error(503, exc.code, _STORAGE_DOWN, exc.headers)
         return _error(exc.status_code, exc.code, exc.detail, exc.headers)
 
     @app.exception_handler(RequestValidationError)
@@ -46,17 +58,60 @@ def install_error_handlers(app: FastAPI) -> None:
         return _error(422, "invalid_input", _validation_detail(exc))
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http_error(_req: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http_error(req: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400 and isinstance(exc.__cause__, UnicodeDecodeError):
+            # FastAPI's JSON parsing answers 400 for bytes that are not UTF-8 and 422 for any
+            # other malformed JSON: both are one kind of bad input here.
+            return _error(422, "invalid_input", "the request body is not valid JSON (UTF-8)")
         code = _HTTP_CODES.get(exc.status_code, "http_error")
-        return _error(exc.status_code, code, str(exc.detail))
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            headers["Allow"] = _allowed_methods(req)
+        return _error(exc.status_code, code, str(exc.detail), headers)
 
-    @app.exception_handler(OperationalError)
-    async def _database_down(req: Request, exc: OperationalError) -> JSONResponse:
-        log.error("database error on %s %s: %s", req.method, req.url.path, exc.orig)
-        return _error(503, "database_unavailable", "the registry database is unavailable")
+    @app.exception_handler(SQLAlchemyError)
+    async def _database_error(req: Request, exc: SQLAlchemyError) -> JSONResponse:
+        mapped = translate_db_error(exc)
+        if mapped is None:
+            return _internal_error(req, exc)
+        # The reason (host, port, SQL) stays in the server log; the client learns what to do.
+        log.error("database error on %s %s: %s: %s", req.method, req.url.path,
+                  type(exc).__name__, getattr(exc, "orig", None) or exc)
+        return _error(mapped.status_code, mapped.code, mapped.detail)
 
     @app.exception_handler(Exception)
     async def _unexpected(req: Request, exc: Exception) -> JSONResponse:
-        # A bug, not bad input: log it whole, tell the client only that it happened.
-        log.exception("unhandled error on %s %s", req.method, req.url.path)
-        return _error(500, "internal_error", "internal error; see the server log")
+        return _internal_error(req, exc)
+
+
+def _allowed_methods(req: Request) -> str:
+    """Every method some route serves at this path (RFC 9110: a 405 carries Allow).
+
+    Starlette answers 405 from the first route whose path matched and lists that route's
+    methods only; a path served by several routes (GET and POST on .../versions) needs all.
+    """
+    path = req.scope["path"]
+    methods: set[str] = set()
+    for regex, route_methods in _routes(req.app.router.routes):
+        if regex.match(path):
+            methods |= route_methods
+    return ", ".join(sorted(methods))
+
+
+def _routes(routes: Iterable[Any]) -> Iterator[tuple[re.Pattern[str], set[str]]]:
+    for route in routes:
+        # Recent FastAPI wraps each included router; the app includes them without a prefix,
+        # so their routes' patterns are the full paths.
+        nested = getattr(route, "original_router", None)
+        if nested is not None:
+            yield from _routes(nested.routes)
+            continue
+        regex, methods = getattr(route, "path_regex", None), getattr(route, "methods", None)
+        if regex is not None and methods:
+            yield regex, set(methods)
+
+
+def _internal_error(req: Request, exc: Exception) -> JSONResponse:
+    # A bug, not bad input: log it whole, tell the client only that it happened.
+    log.error("unhandled error on %s %s", req.method, req.url.path, exc_info=exc)
+    return _error(500, "internal_error", "internal error; see the server log")

@@ -14,6 +14,7 @@ from registry.api.deps import (
     SettingsDep,
     StoreDep,
 )
+from registry.api.responses import error_responses
 from registry.base_models import queries, service
 from registry.base_models.schemas import BaseModelOut, RegisterBaseIn
 from registry.compat.schemas import CompatibleVersionOut
@@ -23,7 +24,8 @@ compat_router = APIRouter(prefix="/api/v1", tags=["compatibility"])
 
 
 @router.post("", response_model=BaseModelOut, status_code=201,
-             responses={200: {"description": "the same weights were already registered"}})
+             responses={200: {"description": "the same weights were already registered"},
+                        **error_responses(404, 409, 413, 422, 503)})
 def register_base(body: RegisterBaseIn, session: SessionDep, store: StoreDep,
                   settings: SettingsDep, response: Response) -> BaseModelOut:
     base, created = service.register_base(session, store, body=body, settings=settings)
@@ -32,24 +34,26 @@ def register_base(body: RegisterBaseIn, session: SessionDep, store: StoreDep,
     return service.to_out(base)
 
 
-@router.get("", response_model=list[BaseModelOut])
+@router.get("", response_model=list[BaseModelOut], responses=error_responses(503))
 def list_bases(session: SessionDep) -> list[BaseModelOut]:
     return [service.to_out(b) for b in queries.list_bases(session)]
 
 
-@router.get("/{name:path}/tensors")
+@router.get("/{name:path}/tensors", responses=error_responses(404, 422, 503))
 def base_tensors(name: AdapterName, session: SessionDep,
                  revision: BaseRevision = None) -> dict[str, Any]:
     return queries.get_base(session, name=name, revision=revision).tensor_manifest
 
 
-@router.get("/{name:path}", response_model=BaseModelOut)
+@router.get("/{name:path}", response_model=BaseModelOut,
+            responses=error_responses(404, 422, 503))
 def show_base(name: AdapterName, session: SessionDep,
               revision: BaseRevision = None) -> BaseModelOut:
     return service.to_out(queries.get_base(session, name=name, revision=revision))
 
 
-@compat_router.get("/compat", response_model=list[CompatibleVersionOut])
+@compat_router.get("/compat", response_model=list[CompatibleVersionOut],
+                   responses=error_responses(404, 422, 503))
 def compatible_versions(session: SessionDep, base: BaseName,
                         base_revision: BaseRevision = None) -> list[CompatibleVersionOut]:
     """Every adapter version statically compatible with the base model."""

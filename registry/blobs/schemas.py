@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from pydantic import BaseModel, ConfigDict, Field
+
+from registry.storage.base import DIGEST_PATTERN
 
 
 class BlobSizeOut(BaseModel):
@@ -25,7 +29,9 @@ class PinIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    digests: list[str] = Field(max_length=10_000)
+    # The pattern is documented, not validated here: a bad digest gets invalid_digest.
+    digests: list[Annotated[str, Field(json_schema_extra={"pattern": DIGEST_PATTERN})]] = Field(
+        max_length=10_000)
     seconds: int = Field(ge=1, le=3600, description="how long gc leaves them alone")
 
 

@@ -1,7 +1,9 @@
-"""Engines, the session scope, and applying migrations."""
+"""Engines (with their timeouts), the session scope, and applying migrations."""
 
 from __future__ import annotations
 
+import math
+import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -11,27 +13,42 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
+from registry.db.timeouts import DbTimeouts
+
 MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
 
 
-def make_engine(url: str, **kwargs: Any) -> Engine:
-    """Create an engine configured for the registry's concurrency rules.
+def make_engine(url: str, *, timeouts: DbTimeouts | None = None, **kwargs: Any) -> Engine:
+    """Create an engine configured for the registry's concurrency rules and timeouts.
 
     SQLite gets WAL, foreign keys and ``BEGIN IMMEDIATE`` transactions: writers queue on the
-    database lock up front instead of failing half-way when a read turns into a write.
+    database lock up front instead of failing half-way when a read turns into a write. They
+    queue for at most the statement timeout (the busy timeout), so a request stuck behind a
+    long write still answers in time.
+
+    PostgreSQL gets a connect timeout (a server that accepts TCP and never answers fails the
+    attempt instead of holding a thread forever), a server-side ``statement_timeout`` and
+    pre-ping (a connection the server dropped is replaced at checkout, not handed out).
 
     Args:
         url: SQLAlchemy database URL (``sqlite:///...`` or ``postgresql+psycopg://...``).
+        timeouts: connect, pool checkout and statement bounds (default: ``DbTimeouts()``).
 
     Returns:
         A new engine.
     """
+    timeouts = timeouts or DbTimeouts()
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            # A file database gets a QueuePool; an in-memory one a pool without a timeout.
+            kwargs.setdefault("pool_timeout", timeouts.pool_seconds)
+        busy_ms = int(timeouts.statement_seconds * 1000)
         engine = create_engine(
-            url, connect_args={"check_same_thread": False, "timeout": 60}, **kwargs
+            url,
+            connect_args={"check_same_thread": False, "timeout": timeouts.statement_seconds},
+            **kwargs,
         )
 
         @event.listens_for(engine, "connect")
@@ -41,7 +58,7 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA foreign_keys=ON")
             cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA busy_timeout=60000")
+            cur.execute(f"PRAGMA busy_timeout={busy_ms}")
             cur.close()
 
         @event.listens_for(engine, "begin")
@@ -49,7 +66,32 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
             conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
-    return create_engine(url, pool_pre_ping=True, **kwargs)
+    kwargs.setdefault("pool_timeout", timeouts.pool_seconds)
+    connect_args: dict[str, Any] = {}
+    if parsed.get_backend_name() == "postgresql":
+        # libpq counts whole seconds and treats anything under 2 as 2.
+        connect_args["connect_timeout"] = max(2, math.ceil(timeouts.connect_seconds))
+        # Set at connection start (no extra round trip per checkout); options already in the
+        # URL come after ours, so a statement_timeout given there wins.
+        statement = f"-c statement_timeout={int(timeouts.statement_seconds * 1000)}"
+        own = parsed.query.get("options")
+        own_options = own if isinstance(own, str) else " ".join(own or ())
+        connect_args["options"] = f"{statement} {own_options}".strip()
+    engine = create_engine(url, pool_pre_ping=True, connect_args=connect_args, **kwargs)
+
+    @event.listens_for(engine, "do_connect")
+    def _connect(dialect: Any, _record: Any, cargs: Any, cparams: Any) -> Any:
+        try:
+            return dialect.connect(*cargs, **cparams)
+        except Exception as exc:
+            # psycopg raises a timed-out attempt's error from a frame that still holds the
+            # attempt (and its socket) in a reference cycle, so the socket stays open, parked
+            # on the unresponsive server, until the cyclic GC happens to run. Clearing the
+            # frames closes it now.
+            traceback.clear_frames(exc.__traceback__)
+            raise
+
+    return engine
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:

@@ -3,7 +3,12 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, Strict
+
+from registry.evals.metrics import METRIC_RE, SUITE_RE
+from registry.refs import NAME_PATTERN
 
 
 class RecordScoresIn(BaseModel):
@@ -12,9 +17,15 @@ class RecordScoresIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    suite: str = Field(max_length=100)
-    scores: dict[str, float | int | str] = Field(description="metric -> value (finite)")
+    # Patterns are documented, not validated here: the registry's own checks name the problem.
+    suite: str = Field(max_length=100, json_schema_extra={"pattern": SUITE_RE.pattern})
+    scores: dict[Annotated[str, Field(json_schema_extra={"pattern": METRIC_RE.pattern})],
+                 Annotated[float, Strict()]] = Field(
+        description="metric -> value: a finite JSON number",
+        json_schema_extra={"minProperties": 1, "additionalProperties": False})
     base: str | None = Field(default=None, max_length=200,
-                             description="default: the version's linked base model")
-    n: int | None = Field(default=None, ge=0, description="items the scores were computed on")
+                             description="default: the version's linked base model",
+                             json_schema_extra={"pattern": NAME_PATTERN})
+    n: int | None = Field(default=None, ge=0, le=2**31 - 1,
+                          description="items the scores were computed on")
     created_by: str | None = Field(default=None, max_length=200)

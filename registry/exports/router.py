@@ -6,7 +6,8 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
 
-from registry.api.deps import AdapterName, SessionDep, VersionNumber
+from registry.api.deps import AdapterName, OptionalBaseName, SessionDep, VersionNumber
+from registry.api.responses import error_responses
 from registry.exports import service
 from registry.exports.schemas import CreateExportIn, ExportOut
 
@@ -14,7 +15,8 @@ router = APIRouter(prefix="/api/v1", tags=["exports"])
 
 
 @router.post("/exports", response_model=ExportOut, status_code=201,
-             responses={200: {"description": "the same export was already recorded"}})
+             responses={200: {"description": "the same export was already recorded"},
+                        **error_responses(404, 409, 413, 422, 503)})
 def create_export(body: CreateExportIn, session: SessionDep, response: Response) -> ExportOut:
     export, created = service.create_export(session, body=body)
     if not created:
@@ -22,10 +24,11 @@ def create_export(body: CreateExportIn, session: SessionDep, response: Response)
     return service.to_out(export)
 
 
-@router.get("/adapters/{name:path}/versions/{version}/exports", response_model=list[ExportOut])
+@router.get("/adapters/{name:path}/versions/{version}/exports", response_model=list[ExportOut],
+            responses=error_responses(404, 422, 503))
 def list_exports(
     name: AdapterName, version: VersionNumber, session: SessionDep,
-    base: Annotated[str | None, Query(max_length=200)] = None,
+    base: OptionalBaseName = None,
     base_revision: Annotated[str | None, Query(max_length=200)] = None,
     dtype: Annotated[str | None, Query(pattern=r"^(float32|float16|bfloat16|mixed)$")] = None,
 ) -> list[ExportOut]:

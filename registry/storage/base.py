@@ -18,7 +18,8 @@ from registry.errors import DigestMismatch, InvalidDigest, InvalidInput, Storage
 MiB = 1024 * 1024
 DEFAULT_CHUNK = 1 * MiB
 
-DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
+DIGEST_PATTERN = r"^sha256:[0-9a-f]{64}$"
+DIGEST_RE = re.compile(DIGEST_PATTERN)
 
 
 def parse_digest(digest: str) -> str:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
@@ -47,6 +48,9 @@ _NOT_FOUND_CODES = frozenset({"NoSuchKey", "NotFound", "404"})
 _FULL_CODES = frozenset({"XMinioStorageFull", "QuotaExceeded", "XMinioAdminBucketQuotaExceeded"})
 
 
+_URL = re.compile(r"[a-z][a-z0-9+.-]*://\S+", re.IGNORECASE)
+
+
 def _one_line(text: str) -> str:
     return " ".join(str(text).split())
 
@@ -66,7 +70,9 @@ def _translate(exc: Exception, action: str, digest: str | None = None) -> Except
         cls = InsufficientStorage if status == 507 or code in _FULL_CODES else StorageError
         return cls(_one_line(f"S3 {action} failed: {code} {message}"))
     if isinstance(exc, BotoCoreError | OSError):
-        return StorageError(_one_line(f"S3 {action} failed: {exc}"))
+        # botocore puts the request URL in its messages: endpoint, bucket, key, upload id.
+        reason = _URL.sub("<url>", str(exc)).replace('"<url>"', "<url>")
+        return StorageError(_one_line(f"S3 {action} failed: {type(exc).__name__}: {reason}"))
     return exc
 
 

@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import socket
 import struct
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+
+from registry.context import RegistryContext
 
 
 def digest_of(data: bytes) -> str:
@@ -79,3 +86,27 @@ def file_size_limit(limit: int):  # type: ignore[no-untyped-def]
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
     return apply
+
+
+@contextmanager
+def serve(context: RegistryContext) -> Iterator[str]:
+    """The API on a real socket (uvicorn in a thread), like the live_server fixture."""
+    import uvicorn
+
+    from registry.api.app import create_app
+
+    sock = socket.create_server(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(context=context), log_level="critical"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "test server did not start"
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()

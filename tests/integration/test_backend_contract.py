@@ -183,7 +183,7 @@ def test_scores_record_and_show(family: RegistryBackend):
     from registry.evals.schemas import RecordScoresIn
 
     recorded = family.record_scores("bot", 1, RecordScoresIn(
-        suite="ppl-support", scores={"perplexity": 9.5, "tokens": "1200"}, n=32))
+        suite="ppl-support", scores={"perplexity": 9.5, "tokens": 1200}, n=32))
     assert [(s.suite, s.metric, s.value, s.source, s.base) for s in recorded] == [
         ("ppl-support", "perplexity", 9.5, "ci", "tiny-llama"),
         ("ppl-support", "tokens", 1200.0, "ci", "tiny-llama")]
@@ -192,7 +192,8 @@ def test_scores_record_and_show(family: RegistryBackend):
     shown = {(s.suite, s.metric): s.value for s in family.get_version("bot", 1).scores}
     assert shown == {("ppl-support", "perplexity"): 9.1, ("ppl-support", "tokens"): 1200.0}
     assert family.get_version("bot", 2).scores == []
-    for bad in ({"perplexity": "nan"}, {"perplexity": "fast"}, {"bad name!": 1.0}, {}):
+    for bad in ({"perplexity": float("nan")}, {"perplexity": float("inf")}, {"bad name!": 1.0},
+                {}):
         with pytest.raises(errors.InvalidInput):
             family.record_scores("bot", 1, RecordScoresIn(suite="ppl-support", scores=bad))
     with pytest.raises(errors.InvalidInput):
