@@ -21,7 +21,7 @@ from registry.errors import (
     TooLarge,
     UnsafeFormat,
 )
-from registry.formats import PICKLE_SUFFIXES, normalize_path
+from registry.formats import PICKLE_SUFFIXES, check_paths
 from registry.formats.checkpoint import Checkpoint, read_checkpoint
 from registry.refs import validate_name
 from registry.storage import BlobStore, manifest_digest, parse_digest
@@ -34,8 +34,8 @@ def _check_files(files: dict[str, str], settings: Settings) -> None:
         raise InvalidInput("a local base model needs its files")
     if len(files) > settings.max_files_per_version:
         raise TooLarge(f"{len(files)} files exceed the limit of {settings.max_files_per_version}")
+    check_paths(files)
     for path, digest in files.items():
-        normalize_path(path)
         parse_digest(digest)
         if path.endswith(PICKLE_SUFFIXES):
             raise UnsafeFormat(f"{path} is a pickle file; base weights must be safetensors")

@@ -7,7 +7,6 @@ server: the registry provides the adapter and base files and records the result.
 from __future__ import annotations
 
 import contextlib
-import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -17,12 +16,13 @@ from typing import Any
 from registry.backend import RegistryBackend
 from registry.base_models.schemas import BaseModelOut
 from registry.base_models.sources import HfRef, S3Ref, parse_remote
+from registry.clientside.staging import staged_dir
 from registry.clientside.transfer import ProgressFactory, progress_bar, resolve, upload_missing
 from registry.config import Settings
 from registry.db.enums import SourceKind
 from registry.errors import DigestMismatch, IncompatibleBase, InvalidInput, SourceUnavailable
 from registry.exports.schemas import DTYPES, CreateExportIn, ExportOut
-from registry.formats import parse_adapter_config
+from registry.formats import check_paths, parse_adapter_config
 from registry.storage import make_s3_client
 from registry.storage.sink import HashingFileSink
 
@@ -157,21 +157,16 @@ def _check_out(out: Path, *, force: bool) -> None:
 
 
 def pull_export(backend: RegistryBackend, export: ExportOut, out: Path, *, force: bool,
-                 progress: ProgressFactory | None) -> list[dict[str, Any]]:
-    """Download a recorded export into ``out`` (temp dir + rename, every file verified)."""
-    _check_out(out, force=force)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+                progress: ProgressFactory | None) -> list[dict[str, Any]]:
+    """Download a recorded export into ``out``: the path set checked first (a server's answer
+    is untrusted), every file verified, installed only when complete (`staged_dir`)."""
+    check_paths([f.path for f in export.files])
+    with staged_dir(out, force=force, hint="--force") as staging:
         for f in export.files:
+            dest = staging / f.path
+            dest.parent.mkdir(parents=True, exist_ok=True)
             with progress_bar(progress, f"pull {f.path}", f.size):
-                _download(backend, f.digest, staging / f.path)
-        if out.exists():
-            shutil.rmtree(out)
-        staging.rename(out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+                _download(backend, f.digest, dest)
     return [{"path": f.path, "digest": f.digest, "size": f.size} for f in export.files]
 
 

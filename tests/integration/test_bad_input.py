@@ -103,6 +103,10 @@ def _path(bad: str):
     return lambda f: {**f, bad: b"x"}
 
 
+def _file_and_directory(f):
+    return {**f, "notes": b"a", "notes/more.txt": b"b"}
+
+
 CASES = [
     ("truncated safetensors", _truncated, 422, "invalid_safetensors"),
     ("header length beyond the file", _header_too_long, 422, "invalid_safetensors"),
@@ -119,6 +123,12 @@ CASES = [
     ("path with ..", _path("../escape.txt"), 422, "invalid_path"),
     ("absolute path", _path("/etc/passwd"), 422, "invalid_path"),
     ("backslash path", _path("sub\\file.txt"), 422, "invalid_path"),
+    # Accepted once, then no pull could write them (or wrote a deceptive name).
+    ("name over 255 bytes", _path("n" * 300), 422, "invalid_path"),
+    ("a file that is also a directory", _file_and_directory, 422, "invalid_path"),
+    ("right-to-left override", _path("README\u202etxt.exe"), 422, "invalid_path"),
+    ("names differing only by case", _path("Adapter_Config.json"), 422, "invalid_path"),
+    ("C1 control character", _path("a\x9bb.txt"), 422, "invalid_path"),
 ]
 
 
