@@ -146,6 +146,22 @@ class TooLarge(InvalidInput):
     code = "too_large"
 
 
+# --- 403: not allowed here ----------------------------------------------------------------------
+
+
+class Forbidden(RegistryError):
+    """This registry does not allow the request."""
+
+    status_code = 403
+    code = "forbidden"
+
+
+class SourceNotAllowed(Forbidden):
+    """The registry does not read this base-model source on a client's behalf."""
+
+    code = "source_not_allowed"
+
+
 # --- 404: something named does not exist -----------------------------------------------------
 
 

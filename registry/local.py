@@ -24,6 +24,7 @@ from registry.db.engine import session_scope
 from registry.errors import BlobNotFound
 from registry.exports import service as exports
 from registry.exports.schemas import CreateExportIn, ExportOut
+from registry.formats.sources import SourceAllowlist
 from registry.storage.local import LocalBlobStore
 
 
@@ -93,8 +94,11 @@ class LocalRegistry:
 
     def register_base(self, body: RegisterBaseIn) -> tuple[BaseModelOut, bool]:
         with session_scope(self.ctx.sessions) as session:
+            # The embedded CLI reads hf:// and s3:// sources with its own user's credentials
+            # (their HF token, their AWS profile): no allowlist guards anything here.
             base, created = base_models.register_base(
-                session, self.ctx.store, body=body, settings=self.ctx.settings
+                session, self.ctx.store, body=body, settings=self.ctx.settings,
+                sources=SourceAllowlist.everything(),
             )
             return base_models.to_out(base), created
 

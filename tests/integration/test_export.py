@@ -108,6 +108,7 @@ def test_export_from_hf_cache_base(http: HttpRegistry, settings, base_dirs, adap
     files = {p.name: p.read_bytes() for p in base_dirs["llama"].iterdir()}
     settings.hf_cache_dir = _hf_cache(tmp_path / "hf", "acme/tiny-llama", files, commit)
     settings.hf_offline = True
+    settings.base_sources = "hf://acme/"
     http.register_base(RegisterBaseIn(name="hf-llama", source="hf://acme/tiny-llama"))
     push(http, name="bot", directory=adapters_dir["dora"], settings=settings,
          base_model="hf-llama")
