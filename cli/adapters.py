@@ -99,7 +99,7 @@ def pull(state: CliState, ref: str, directory: Path, export_base: str | None,
 
 def _pull_export(state: CliState, ref: str, directory: Path, base: str,
                  dtype: str | None, force: bool) -> None:
-    from registry.clientside.export import pull_export
+    from registry.clientside.export import pull_export, trusted_because
     from registry.clientside.transfer import resolve
     from registry.errors import NotFound
 
@@ -110,13 +110,19 @@ def _pull_export(state: CliState, ref: str, directory: Path, base: str,
         raise NotFound(f"no recorded export of {version.ref} for base {base!r}"
                        f"{' in ' + dtype if dtype else ''}; create one with: adapter-registry "
                        f"export {version.ref} --base {base} --out DIR --upload")
-    files = pull_export(backend, found[0], directory, force=force, progress=state.progress)
+    # Asked for by name, any recorded export may be pulled (like any pushed version); a trusted
+    # one is preferred, and who recorded it is printed either way.
+    own = backend.export_provenance()
+    chosen = next((e for e in found if trusted_because(e, own) is not None), found[0])
+    files = pull_export(backend, chosen, directory, force=force, progress=state.progress)
     state.emit(
         {"name": version.name, "version": version.version, "files": [f["path"] for f in files],
-         "directory": str(directory), "export": {"base": found[0].base,
-                                                 "dtype": found[0].dtype}},
-        lambda: click.echo(f"pulled the {found[0].dtype} export of {version.ref} on {base} "
-                           f"into {directory} ({len(files)} file(s))"),
+         "directory": str(directory),
+         "export": {"base": chosen.base, "dtype": chosen.dtype,
+                    "provenance": chosen.provenance, "created_by": chosen.created_by}},
+        lambda: click.echo(f"pulled the {chosen.dtype} export of {version.ref} on {base} "
+                           f"(recorded by {chosen.provenance}) into {directory} "
+                           f"({len(files)} file(s))"),
     )
 
 

@@ -96,6 +96,12 @@ class SourceUnavailable(InvalidInput):
     code = "source_unavailable"
 
 
+class InvalidExport(InvalidInput):
+    """The merged export is not a loadable checkpoint of its base model's tensors."""
+
+    code = "invalid_export"
+
+
 class Unmergeable(InvalidAdapter):
     """This adapter cannot be merged into its base model."""
 

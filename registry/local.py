@@ -23,7 +23,7 @@ from registry.context import RegistryContext
 from registry.db.engine import session_scope
 from registry.errors import BlobNotFound
 from registry.exports import service as exports
-from registry.exports.schemas import CreateExportIn, ExportOut
+from registry.exports.schemas import EMBEDDED, CreateExportIn, ExportOut
 from registry.formats.sources import SourceAllowlist
 from registry.storage.local import LocalBlobStore
 
@@ -128,7 +128,11 @@ class LocalRegistry:
 
     def create_export(self, body: CreateExportIn) -> tuple[ExportOut, bool]:
         with session_scope(self.ctx.sessions) as session:
-            export, created = exports.create_export(session, body=body)
+            # The embedded CLI writes the database directly; its records say so.
+            export, created = exports.create_export(
+                session, self.ctx.store, body=body, settings=self.ctx.settings,
+                provenance=EMBEDDED, created_by=None,
+            )
             return exports.to_out(export), created
 
     def list_exports(self, name: str, version: int, *, base: str | None = None,
@@ -138,6 +142,9 @@ class LocalRegistry:
             found = exports.list_exports(session, name=name, version=version, base=base,
                                          base_revision=base_revision, dtype=dtype)
             return [exports.to_out(e) for e in found]
+
+    def export_provenance(self) -> str | None:
+        return EMBEDDED
 
     def local_blob_path(self, digest: str) -> Path | None:
         """The blob's own file when the store is a local directory (no copy needed)."""
