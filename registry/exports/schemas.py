@@ -29,9 +29,12 @@ class ExportOut(BaseModel):
     created_by: str | None = Field(
         description="the authenticated principal that recorded it; None when anonymous"
     )
+    # The default is what a server from before provenance answers about: an unauthenticated
+    # record, so a newer client reading it never takes it for its own.
     provenance: str = Field(
+        default=ANONYMOUS,
         description="who recorded it, set by the registry: 'anonymous', 'token:NAME', "
-                    "'embedded' (the embedded CLI) or 'job:ID' (a registry export job)"
+                    "'embedded' (the embedded CLI) or 'job:ID' (a registry export job)",
     )
 
 
