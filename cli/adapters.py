@@ -71,17 +71,24 @@ def push(state: CliState, name: str, directory: Path, base_model: str | None,
               help="Pull the recorded merged export for this base model instead.")
 @click.option("--export-dtype", default=None, type=click.Choice(["float32", "float16", "bfloat16"]),
               help="With --export-base: which export (default: the only or first one).")
+@click.option("--force", is_flag=True,
+              help="Replace a non-empty DIRECTORY (its old contents are removed).")
 @pass_state
 def pull(state: CliState, ref: str, directory: Path, export_base: str | None,
-         export_dtype: str | None) -> None:
-    """Write the files of REF (NAME or NAME:VERSION) into DIRECTORY, verified."""
+         export_dtype: str | None, force: bool) -> None:
+    """Write the files of REF (NAME or NAME:VERSION) into DIRECTORY, verified.
+
+    DIRECTORY must not exist or be empty, unless --force. Files are downloaded into a hidden
+    staging directory and installed only once every one matched its digest: a failed pull
+    leaves DIRECTORY as it was.
+    """
     from registry.clientside.transfer import pull as do_pull
 
     if export_base is not None:
-        _pull_export(state, ref, directory, export_base, export_dtype)
+        _pull_export(state, ref, directory, export_base, export_dtype, force)
         return
 
-    version, written = do_pull(state.backend(), ref=ref, directory=directory,
+    version, written = do_pull(state.backend(), ref=ref, directory=directory, force=force,
                                progress=state.progress)
     state.emit(
         {"name": version.name, "version": version.version, "files": written,
@@ -91,8 +98,8 @@ def pull(state: CliState, ref: str, directory: Path, export_base: str | None,
 
 
 def _pull_export(state: CliState, ref: str, directory: Path, base: str,
-                 dtype: str | None) -> None:
-    from registry.clientside.export import pull_export
+                 dtype: str | None, force: bool) -> None:
+    from registry.clientside.export import pull_export, trusted_because
     from registry.clientside.transfer import resolve
     from registry.errors import NotFound
 
@@ -103,13 +110,19 @@ def _pull_export(state: CliState, ref: str, directory: Path, base: str,
         raise NotFound(f"no recorded export of {version.ref} for base {base!r}"
                        f"{' in ' + dtype if dtype else ''}; create one with: adapter-registry "
                        f"export {version.ref} --base {base} --out DIR --upload")
-    files = pull_export(backend, found[0], directory, force=False, progress=state.progress)
+    # Asked for by name, any recorded export may be pulled (like any pushed version); a trusted
+    # one is preferred, and who recorded it is printed either way.
+    own = backend.export_provenance()
+    chosen = next((e for e in found if trusted_because(e, own) is not None), found[0])
+    files = pull_export(backend, chosen, directory, force=force, progress=state.progress)
     state.emit(
         {"name": version.name, "version": version.version, "files": [f["path"] for f in files],
-         "directory": str(directory), "export": {"base": found[0].base,
-                                                 "dtype": found[0].dtype}},
-        lambda: click.echo(f"pulled the {found[0].dtype} export of {version.ref} on {base} "
-                           f"into {directory} ({len(files)} file(s))"),
+         "directory": str(directory),
+         "export": {"base": chosen.base, "dtype": chosen.dtype,
+                    "provenance": chosen.provenance, "created_by": chosen.created_by}},
+        lambda: click.echo(f"pulled the {chosen.dtype} export of {version.ref} on {base} "
+                           f"(recorded by {chosen.provenance}) into {directory} "
+                           f"({len(files)} file(s))"),
     )
 
 

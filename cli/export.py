@@ -39,7 +39,8 @@ def parse_size(text: str) -> int:
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 @click.option("--upload", is_flag=True,
               help="Store the merged files in the registry and record the export (reused when "
-                   "the same version, base and dtype are exported again).")
+                   "the same version, base and dtype are exported again by someone who trusts "
+                   "its uploader: the same token, or the embedded registry itself).")
 @click.option("--force", is_flag=True, help="Replace a non-empty output directory.")
 @pass_state
 def export(state: CliState, ref: str, base_name: str, out: Path, dtype: str | None,
@@ -53,13 +54,21 @@ def export(state: CliState, ref: str, base_name: str, out: Path, dtype: str | No
         force=force, progress=state.progress,
     )
     data = {"out": str(result.out), "files": result.files, "dtype": result.dtype,
-            "reused": result.reused, "uploaded": result.uploaded,
+            "reused": result.reused, "reused_export": result.reused_json(),
+            "untrusted_exports": result.untrusted, "uploaded": result.uploaded,
             "merged_modules": result.merged_modules, "shards": result.shards}
 
     def human() -> None:
-        how = "reused the recorded export" if result.reused else (
-            f"merged {result.merged_modules} module(s) into {result.shards} shard(s)")
+        if result.reused and result.export is not None:
+            e = result.export
+            how = (f"reused the export recorded by {e.provenance} at "
+                   f"{e.created_at:%Y-%m-%d %H:%M:%S} ({result.trusted_because})")
+        else:
+            how = f"merged {result.merged_modules} module(s) into {result.shards} shard(s)"
         click.echo(f"exported {ref} on {base_name} ({result.dtype}) to {result.out}: {how}")
+        if result.untrusted:
+            click.echo(f"not reused: recorded export(s) from {', '.join(result.untrusted)} "
+                       "(not a provenance you trust)")
         if upload and not result.reused:
             click.echo(f"recorded the export ({len(result.uploaded)} file(s) uploaded)")
 

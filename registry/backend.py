@@ -79,6 +79,10 @@ class RegistryBackend(Protocol):
     def list_exports(self, name: str, version: int, *, base: str | None = None,
                      base_revision: str | None = None,
                      dtype: str | None = None) -> list[ExportOut]: ...
+    # The provenance this registry records for this caller's exports ("embedded",
+    # "token:NAME"), or None when it cannot tell this caller from anyone else (a server
+    # without tokens): a client trusts recorded exports of its own provenance.
+    def export_provenance(self) -> str | None: ...
 
     # --- evals and events ---
     def record_scores(self, name: str, version: int,

@@ -10,6 +10,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from registry.db.timeouts import DbTimeouts
 from registry.formats.adapter import Limits
+from registry.formats.sources import SourceAllowlist
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB
@@ -59,6 +60,12 @@ class Settings(BaseSettings):
     db_pool_timeout_seconds: float = DbTimeouts.pool_seconds
     db_statement_timeout_seconds: float = DbTimeouts.statement_seconds
 
+    # Referenced base-model sources (hf://, s3://) the server may read for a client, with its
+    # own credentials: comma-separated prefixes, e.g. "s3://models/,hf://my-org/". Empty: none
+    # (base models are uploaded). See registry.formats.sources.SourceAllowlist; the embedded
+    # CLI ignores it (it reads with its own user's credentials).
+    base_sources: str = ""
+
     @model_validator(mode="after")
     def _check_limits(self) -> Settings:
         for name in ("max_file_bytes", "max_files_per_version", "max_config_bytes",
@@ -72,7 +79,16 @@ class Settings(BaseSettings):
                 raise ValueError(f"REGISTRY_{name.upper()} must be positive")
         if self.s3_part_bytes < 5 * MiB:
             raise ValueError("REGISTRY_S3_PART_BYTES must be at least 5 MiB (S3 minimum part size)")
+        self.base_source_allowlist()  # a malformed entry fails at start-up, not per request
         return self
+
+    def base_source_allowlist(self) -> SourceAllowlist:
+        """REGISTRY_BASE_SOURCES parsed.
+
+        Raises:
+            InvalidInput: a malformed entry.
+        """
+        return SourceAllowlist.parse(self.base_sources)
 
     @property
     def resolved_database_url(self) -> str:

@@ -96,6 +96,12 @@ class SourceUnavailable(InvalidInput):
     code = "source_unavailable"
 
 
+class InvalidExport(InvalidInput):
+    """The merged export is not a loadable checkpoint of its base model's tensors."""
+
+    code = "invalid_export"
+
+
 class Unmergeable(InvalidAdapter):
     """This adapter cannot be merged into its base model."""
 
@@ -144,6 +150,22 @@ class TooLarge(InvalidInput):
 
     status_code = 413
     code = "too_large"
+
+
+# --- 403: not allowed here ----------------------------------------------------------------------
+
+
+class Forbidden(RegistryError):
+    """This registry does not allow the request."""
+
+    status_code = 403
+    code = "forbidden"
+
+
+class SourceNotAllowed(Forbidden):
+    """The registry does not read this base-model source on a client's behalf."""
+
+    code = "source_not_allowed"
 
 
 # --- 404: something named does not exist -----------------------------------------------------

@@ -33,7 +33,8 @@ from registry.evals.schemas import RecordScoresIn
 from registry.events import service as events
 from registry.events.schemas import EventPageOut
 from registry.exports import service as exports
-from registry.exports.schemas import CreateExportIn, ExportOut
+from registry.exports.schemas import EMBEDDED, CreateExportIn, ExportOut
+from registry.formats.sources import SourceAllowlist
 from registry.storage.local import LocalBlobStore
 
 
@@ -111,8 +112,11 @@ class LocalRegistry:
 
     def register_base(self, body: RegisterBaseIn) -> tuple[BaseModelOut, bool]:
         with session_scope(self.ctx.sessions) as session:
+            # The embedded CLI reads hf:// and s3:// sources with its own user's credentials
+            # (their HF token, their AWS profile): no allowlist guards anything here.
             base, created = base_models.register_base(
-                session, self.ctx.store, body=body, settings=self.ctx.settings
+                session, self.ctx.store, body=body, settings=self.ctx.settings,
+                sources=SourceAllowlist.everything(),
             )
             return base_models.to_out(base), created
 
@@ -142,7 +146,11 @@ class LocalRegistry:
 
     def create_export(self, body: CreateExportIn) -> tuple[ExportOut, bool]:
         with session_scope(self.ctx.sessions) as session:
-            export, created = exports.create_export(session, body=body)
+            # The embedded CLI writes the database directly; its records say so.
+            export, created = exports.create_export(
+                session, self.ctx.store, body=body, settings=self.ctx.settings,
+                provenance=EMBEDDED, created_by=None,
+            )
             return exports.to_out(export), created
 
     def list_exports(self, name: str, version: int, *, base: str | None = None,
@@ -152,6 +160,9 @@ class LocalRegistry:
             found = exports.list_exports(session, name=name, version=version, base=base,
                                          base_revision=base_revision, dtype=dtype)
             return [exports.to_out(e) for e in found]
+
+    def export_provenance(self) -> str | None:
+        return EMBEDDED
 
     def local_blob_path(self, digest: str) -> Path | None:
         """The blob's own file when the store is a local directory (no copy needed)."""

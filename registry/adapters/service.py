@@ -44,7 +44,7 @@ from registry.errors import (
 )
 from registry.events import service as events
 from registry.events import types as event_types
-from registry.formats import inspect_adapter, normalize_path
+from registry.formats import check_paths, inspect_adapter
 from registry.refs import parse_ref, validate_name
 from registry.storage import BlobStore, manifest_digest, parse_digest
 
@@ -61,8 +61,8 @@ def _check_request(body: CreateVersionIn, settings: Settings) -> None:
         raise TooLarge(
             f"{len(body.files)} files exceed the limit of {settings.max_files_per_version}"
         )
-    for path, digest in body.files.items():
-        normalize_path(path)
+    check_paths(body.files)
+    for digest in body.files.values():
         parse_digest(digest)
     for key, value in body.metadata.items():
         if not _META_KEY.match(key):

@@ -1,8 +1,10 @@
-"""Dependency aliases for routers: the session (one transaction per request), store, settings."""
+"""Dependency aliases for routers: the session (one transaction per request), store, settings,
+and the actor (who is asking)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Path, Query, Request
@@ -35,11 +37,31 @@ def get_settings_dep(request: Request) -> Settings:
     return get_context(request).settings
 
 
+@dataclass(frozen=True)
+class Principal:
+    """An authenticated caller: an API token's name and its scopes."""
+
+    name: str
+    scopes: frozenset[str]
+
+
+def get_actor(request: Request) -> Principal | None:
+    """The principal the request authenticated as, or None for an anonymous request.
+
+    The server has no authentication yet, so every request is anonymous. Issue 13 (API tokens)
+    resolves the bearer token here; routes already take ``ActorDep`` and pass the actor on
+    (e.g. who uploaded an export), and the routes that will need a scope say so where they
+    use it.
+    """
+    return None
+
+
 ContextDep = Annotated[RegistryContext, Depends(get_context)]
 # scope="function": commit before the response is sent, so a 2xx means the write is durable.
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 StoreDep = Annotated[BlobStore, Depends(get_store)]
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
+ActorDep = Annotated[Principal | None, Depends(get_actor)]
 
 # The rules registry.refs and registry.storage enforce, also written into the OpenAPI schema
 # (json_schema_extra: documented, not validated by FastAPI, so a bad value still gets the

@@ -28,7 +28,12 @@ compat_router = APIRouter(prefix="/api/v1", tags=["compatibility"])
                         **error_responses(404, 409, 413, 422, 503)})
 def register_base(body: RegisterBaseIn, session: SessionDep, store: StoreDep,
                   settings: SettingsDep, response: Response) -> BaseModelOut:
-    base, created = service.register_base(session, store, body=body, settings=settings)
+    # A referenced source (hf://, s3://) is read with the server's own credentials, so only
+    # REGISTRY_BASE_SOURCES is allowed (checked in the service before any read). Issue 13
+    # (tokens) hook: when `body.files is None`, also require the "admin" scope here, from an
+    # `ActorDep` parameter (registry.api.deps).
+    base, created = service.register_base(session, store, body=body, settings=settings,
+                                          sources=settings.base_source_allowlist())
     if not created:
         response.status_code = 200
     return service.to_out(base)

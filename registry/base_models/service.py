@@ -21,8 +21,9 @@ from registry.errors import (
     TooLarge,
     UnsafeFormat,
 )
-from registry.formats import PICKLE_SUFFIXES, normalize_path
+from registry.formats import PICKLE_SUFFIXES, check_paths
 from registry.formats.checkpoint import Checkpoint, read_checkpoint
+from registry.formats.sources import SourceAllowlist, check_revision
 from registry.refs import validate_name
 from registry.storage import BlobStore, manifest_digest, parse_digest
 
@@ -34,8 +35,8 @@ def _check_files(files: dict[str, str], settings: Settings) -> None:
         raise InvalidInput("a local base model needs its files")
     if len(files) > settings.max_files_per_version:
         raise TooLarge(f"{len(files)} files exceed the limit of {settings.max_files_per_version}")
+    check_paths(files)
     for path, digest in files.items():
-        normalize_path(path)
         parse_digest(digest)
         if path.endswith(PICKLE_SUFFIXES):
             raise UnsafeFormat(f"{path} is a pickle file; base weights must be safetensors")
@@ -75,7 +76,8 @@ def _choose_revision(session: Session, *, name: str, requested: str | None, cont
 
 
 def register_base(
-    session: Session, store: BlobStore, *, body: RegisterBaseIn, settings: Settings
+    session: Session, store: BlobStore, *, body: RegisterBaseIn, settings: Settings,
+    sources: SourceAllowlist,
 ) -> tuple[BaseModelRow, bool]:
     """Register a base model revision and its header-only manifest.
 
@@ -84,15 +86,20 @@ def register_base(
         store: blob store holding an uploaded local checkpoint.
         body: name, source, optional revision, and ``files`` for an uploaded directory.
         settings: limits and Hugging Face options.
+        sources: the referenced sources this process may read with its own credentials: the
+            server's REGISTRY_BASE_SOURCES, or every source for the embedded CLI (it reads
+            with its user's own credentials). Checked before anything is read.
 
     Returns:
         ``(base, created)``; ``created`` is False when the same weights were registered before.
 
     Raises:
         InvalidName, InvalidInput, InvalidBaseModel, UnsafeFormat, InvalidSafetensors,
-        SourceUnavailable, BlobNotFound, BaseModelConflict.
+        SourceNotAllowed, SourceUnavailable, BlobNotFound, BaseModelConflict.
     """
     validate_name(body.name, what="base model name")
+    if body.revision is not None:
+        check_revision(body.revision)
     if body.files is not None:
         _check_files(body.files, settings)
         blobs = blobs_for(session, body.files)
@@ -108,7 +115,8 @@ def register_base(
             BaseModelFile(path=p, size=b.size, blob=b) for p, b in sorted(blobs.items())
         ]
     else:
-        remote = open_remote(body.source, revision=body.revision, cache_dir=settings.hf_cache_dir,
+        ref = sources.check(body.source)
+        remote = open_remote(ref, revision=body.revision, cache_dir=settings.hf_cache_dir,
                              offline=settings.hf_offline)
         checkpoint = read_checkpoint(
             sorted(remote.sizes), remote.access,

@@ -1,24 +1,32 @@
 """Remote base-model sources: hf://org/repo[@rev] and s3://bucket/prefix, read header-only.
 
 Both are referenced, not copied: only config files and safetensors headers are read (HTTP range
-requests, ranged S3 GETs, or the local Hugging Face cache when offline).
+requests, ranged S3 GETs, or the local Hugging Face cache when offline). Parsing and the
+allowlist are pure (`registry.formats.sources`); a server checks the allowlist before calling
+anything here.
+
+A source that cannot be read fails with one message whatever the reason (no such bucket or
+repository, access denied, nothing under the prefix): a client must not learn from the error
+whether a bucket or private repository exists. The reason is logged for the operator.
 """
 
 from __future__ import annotations
 
 import hashlib
-import re
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from registry.db.enums import SourceKind
 from registry.errors import InvalidInput, SourceUnavailable
-from registry.formats import FileAccess, normalize_path
+from registry.formats import FileAccess, check_paths
+from registry.formats.sources import HfRef, S3Ref, check_revision, parse_remote
 from registry.storage import make_s3_client
 
-HF_REPO_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9][A-Za-z0-9_.-]*)?$")
-S3_RE = re.compile(r"^s3://([a-z0-9][a-z0-9.-]{1,61}[a-z0-9])(?:/(.*))?$")
+__all__ = ["HfRef", "RemoteCheckpoint", "S3Ref", "open_remote", "parse_remote", "wanted"]
+
+log = logging.getLogger(__name__)
 
 # Files a base checkpoint needs beside its weights; anything else in a repo is ignored.
 KEEP_SUFFIXES = (".json", ".safetensors", ".model", ".txt", ".jinja", ".tiktoken")
@@ -42,39 +50,11 @@ class RemoteCheckpoint:
     local_dir: Path | None = field(default=None)
 
 
-@dataclass(frozen=True)
-class HfRef:
-    repo_id: str
-    revision: str | None
-
-
-@dataclass(frozen=True)
-class S3Ref:
-    bucket: str
-    prefix: str
-
-
-def parse_remote(source: str) -> HfRef | S3Ref:
-    """Parse ``hf://org/repo[@revision]`` or ``s3://bucket/prefix``.
-
-    Raises:
-        InvalidInput: anything else, or a malformed repository / bucket name.
-    """
-    if source.startswith("hf://"):
-        rest = source[len("hf://"):]
-        repo, _, revision = rest.partition("@")
-        if not HF_REPO_RE.match(repo) or ".." in repo or (revision == "" and "@" in rest):
-            raise InvalidInput(f"invalid Hugging Face source {source!r}: use hf://org/repo[@rev]")
-        return HfRef(repo, revision or None)
-    match = S3_RE.match(source)
-    if match:
-        prefix = (match.group(2) or "").strip("/")
-        if prefix:
-            normalize_path(prefix)
-        return S3Ref(match.group(1), prefix)
-    raise InvalidInput(
-        f"invalid base model source {source!r}: use a local directory, hf://org/repo[@rev] "
-        "or s3://bucket/prefix"
+def _unreadable(uri: str, reason: object) -> SourceUnavailable:
+    log.warning("base model source %s is unreadable: %s", uri, reason)
+    return SourceUnavailable(
+        f"cannot read {uri}: it does not exist, is not accessible to the registry, or holds "
+        "no checkpoint files"
     )
 
 
@@ -114,7 +94,7 @@ def open_hf(ref: HfRef, *, revision: str | None, cache_dir: Path | None,
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
-    wanted_rev = ref.revision or revision or "main"
+    wanted_rev = check_revision(ref.revision or revision or "main")
     if ref.revision and revision and ref.revision != revision:
         raise InvalidInput(f"revision given twice: @{ref.revision} and --revision {revision}")
     if offline:
@@ -123,15 +103,17 @@ def open_hf(ref: HfRef, *, revision: str | None, cache_dir: Path | None,
                 ref.repo_id, revision=wanted_rev, cache_dir=cache_dir, local_files_only=True,
             ))  # type: ignore[arg-type]
         except (LocalEntryNotFoundError, HfHubHTTPError, OSError, ValueError) as exc:
+            log.warning("hf://%s@%s is not in the HF cache: %s", ref.repo_id, wanted_rev, exc)
             raise SourceUnavailable(
                 f"hf://{ref.repo_id}@{wanted_rev} is not in the local Hugging Face cache and "
-                f"offline mode is on ({type(exc).__name__})"
+                "offline mode is on"
             ) from None
         sha = folder.name
         paths = sorted(
             p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()
         )
         paths = [p for p in paths if wanted(p)]
+        check_paths(paths)
         sizes = {p: (folder / p).stat().st_size for p in paths}
         etags: dict[str, str | None] = {
             p: (folder / p).resolve().name if (folder / p).is_symlink() else None for p in paths
@@ -166,9 +148,7 @@ class _HfHttpFiles:
             response = get_session().get(url, headers=headers, follow_redirects=True)
             hf_raise_for_status(response)
         except Exception as exc:  # any transport or HTTP failure is the source being unreachable
-            raise SourceUnavailable(
-                f"reading {path} from hf://{self.repo_id}@{self.sha} failed: {exc}"
-            ) from None
+            raise _unreadable(f"hf://{self.repo_id}@{self.sha}/{path}", exc) from None
         return bytes(response.content[:length])
 
 
@@ -178,12 +158,10 @@ def _open_hf_online(repo_id: str, revision: str, *, cache_dir: Path | None) -> R
     try:
         info = HfApi().model_info(repo_id, revision=revision, files_metadata=True)
     except Exception as exc:  # network, auth, missing repo or revision: all unreachable for us
-        raise SourceUnavailable(
-            f"cannot resolve hf://{repo_id}@{revision}: {type(exc).__name__}: {exc}"
-        ) from None
+        raise _unreadable(f"hf://{repo_id}@{revision}", exc) from None
     sha = info.sha
     if not sha:
-        raise SourceUnavailable(f"the Hub returned no commit for hf://{repo_id}@{revision}")
+        raise _unreadable(f"hf://{repo_id}@{revision}", "the Hub returned no commit")
     sizes: dict[str, int] = {}
     etags: dict[str, str | None] = {}
     for sibling in info.siblings or []:
@@ -191,6 +169,7 @@ def _open_hf_online(repo_id: str, revision: str, *, cache_dir: Path | None) -> R
             sizes[sibling.rfilename] = sibling.size
             lfs = getattr(sibling, "lfs", None)
             etags[sibling.rfilename] = getattr(lfs, "sha256", None) if lfs else sibling.blob_id
+    check_paths(sizes)
     return RemoteCheckpoint(
         kind=SourceKind.hf, uri=f"hf://{repo_id}@{sha}", revision=sha, sizes=sizes, etags=etags,
         access=_HfHttpFiles(repo_id, sha, sizes), content_id=f"hf:{repo_id}@{sha}",
@@ -221,9 +200,7 @@ class _S3Files:
             )
             return bytes(response["Body"].read())
         except (BotoCoreError, ClientError) as exc:
-            raise SourceUnavailable(
-                f"reading s3://{self.bucket}/{self.key(path)} failed: {exc}"
-            ) from None
+            raise _unreadable(f"s3://{self.bucket}/{self.key(path)}", exc) from None
 
 
 def open_s3(ref: S3Ref, *, revision: str | None) -> RemoteCheckpoint:
@@ -236,6 +213,7 @@ def open_s3(ref: S3Ref, *, revision: str | None) -> RemoteCheckpoint:
 
     client = make_s3_client()
     prefix = f"{ref.prefix}/" if ref.prefix else ""
+    uri = f"s3://{ref.bucket}/{ref.prefix}" if ref.prefix else f"s3://{ref.bucket}"
     sizes: dict[str, int] = {}
     etags: dict[str, str | None] = {}
     try:
@@ -248,11 +226,11 @@ def open_s3(ref: S3Ref, *, revision: str | None) -> RemoteCheckpoint:
                     sizes[path] = int(obj["Size"])
                     etags[path] = str(obj.get("ETag", "")).strip('"') or None
     except (BotoCoreError, ClientError) as exc:
-        raise SourceUnavailable(f"cannot list s3://{ref.bucket}/{ref.prefix}: {exc}") from None
+        raise _unreadable(uri, exc) from None
     if not sizes:
-        raise SourceUnavailable(f"s3://{ref.bucket}/{ref.prefix} holds no checkpoint files")
+        raise _unreadable(uri, "no checkpoint files under the prefix")
+    check_paths(sizes)
     content_id = _content_id({p: f"{sizes[p]}:{etags[p]}" for p in sizes})
-    uri = f"s3://{ref.bucket}/{ref.prefix}" if ref.prefix else f"s3://{ref.bucket}"
     return RemoteCheckpoint(
         kind=SourceKind.s3, uri=uri, revision=revision or f"etag-{content_id[7:19]}", sizes=sizes,
         etags=etags, access=_S3Files(client, ref.bucket, ref.prefix, sizes),
@@ -260,9 +238,16 @@ def open_s3(ref: S3Ref, *, revision: str | None) -> RemoteCheckpoint:
     )
 
 
-def open_remote(source: str, *, revision: str | None, cache_dir: Path | None,
+def open_remote(ref: HfRef | S3Ref, *, revision: str | None, cache_dir: Path | None,
                 offline: bool) -> RemoteCheckpoint:
-    ref = parse_remote(source)
+    """Resolve and open a parsed source (the caller checked it against its allowlist).
+
+    Raises:
+        SourceUnavailable: it cannot be read (one message whatever the reason).
+        InvalidInput: a path-like revision, or the revision given twice.
+    """
+    if revision is not None:
+        check_revision(revision)
     if isinstance(ref, HfRef):
         return open_hf(ref, revision=revision, cache_dir=cache_dir, offline=offline)
     return open_s3(ref, revision=revision)

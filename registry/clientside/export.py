@@ -7,7 +7,6 @@ server: the registry provides the adapter and base files and records the result.
 from __future__ import annotations
 
 import contextlib
-import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -17,12 +16,20 @@ from typing import Any
 from registry.backend import RegistryBackend
 from registry.base_models.schemas import BaseModelOut
 from registry.base_models.sources import HfRef, S3Ref, parse_remote
+from registry.clientside.staging import staged_dir
 from registry.clientside.transfer import ProgressFactory, progress_bar, resolve, upload_missing
 from registry.config import Settings
 from registry.db.enums import SourceKind
 from registry.errors import DigestMismatch, IncompatibleBase, InvalidInput, SourceUnavailable
-from registry.exports.schemas import DTYPES, CreateExportIn, ExportOut
-from registry.formats import parse_adapter_config
+from registry.exports.schemas import (
+    ANONYMOUS,
+    DTYPES,
+    EMBEDDED,
+    JOB_PREFIX,
+    CreateExportIn,
+    ExportOut,
+)
+from registry.formats import check_paths, parse_adapter_config
 from registry.storage import make_s3_client
 from registry.storage.sink import HashingFileSink
 
@@ -40,6 +47,38 @@ class ExportResult:
     merged_modules: int | None = None
     shards: int | None = None
     uploaded: list[str] = field(default_factory=list)
+    # Why the reused export was trusted (None when nothing was reused).
+    trusted_because: str | None = None
+    # Provenances of recorded exports of the same triple that were not reused: not trusted.
+    untrusted: list[str] = field(default_factory=list)
+
+    def reused_json(self) -> dict[str, Any] | None:
+        """Which recorded export was reused, for ``--json``."""
+        if not self.reused or self.export is None:
+            return None
+        e = self.export
+        return {"provenance": e.provenance, "created_by": e.created_by,
+                "created_at": e.created_at.isoformat(), "trusted_because": self.trusted_because}
+
+
+def trusted_because(export: ExportOut, own: str | None) -> str | None:
+    """Why this caller may reuse ``export`` without merging again, or None if it may not.
+
+    Trusted: an export produced by a registry export job, or one recorded with this caller's
+    own provenance (the same token; the embedded registry's own records). Never an anonymous
+    upload: without authentication "anonymous" is anyone, so anyone could have planted it.
+
+    Args:
+        export: A recorded export.
+        own: The provenance the registry records for this caller (`export_provenance`).
+    """
+    if export.provenance.startswith(JOB_PREFIX):
+        return "produced by a registry export job"
+    if own is not None and own != ANONYMOUS and export.provenance == own:
+        if own == EMBEDDED:
+            return "recorded by this embedded registry"
+        return "uploaded by you"
+    return None
 
 
 def _download(backend: RegistryBackend, digest: str, dest: Path) -> Path:
@@ -157,21 +196,16 @@ def _check_out(out: Path, *, force: bool) -> None:
 
 
 def pull_export(backend: RegistryBackend, export: ExportOut, out: Path, *, force: bool,
-                 progress: ProgressFactory | None) -> list[dict[str, Any]]:
-    """Download a recorded export into ``out`` (temp dir + rename, every file verified)."""
-    _check_out(out, force=force)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+                progress: ProgressFactory | None) -> list[dict[str, Any]]:
+    """Download a recorded export into ``out``: the path set checked first (a server's answer
+    is untrusted), every file verified, installed only when complete (`staged_dir`)."""
+    check_paths([f.path for f in export.files])
+    with staged_dir(out, force=force, hint="--force") as staging:
         for f in export.files:
+            dest = staging / f.path
+            dest.parent.mkdir(parents=True, exist_ok=True)
             with progress_bar(progress, f"pull {f.path}", f.size):
-                _download(backend, f.digest, staging / f.path)
-        if out.exists():
-            shutil.rmtree(out)
-        staging.rename(out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+                _download(backend, f.digest, dest)
     return [{"path": f.path, "digest": f.digest, "size": f.size} for f in export.files]
 
 
@@ -192,8 +226,10 @@ def export(
     """Merge ``ref`` into ``base`` and write an HF-loadable checkpoint to ``out``.
 
     The pair must be statically compatible (the stored verdict's reasons are the error). A
-    recorded export of the same (version, base, dtype) is downloaded instead of merged again;
-    with ``upload`` a new one is uploaded and recorded.
+    recorded export of the same (version, base, dtype) is downloaded instead of merged again
+    only if its provenance is trusted (`trusted_because`); others are listed in the result's
+    ``untrusted`` and ignored. With ``upload`` the new one is uploaded and recorded under this
+    caller's provenance.
 
     Raises:
         Unmergeable (IncompatibleBase, QuantizedBase, …), OutputExists, NotFound subclasses,
@@ -221,10 +257,14 @@ def export(
     out_dtype = dtype or "mixed"
     recorded = backend.list_exports(version.name, version.version, base=base_out.name,
                                     base_revision=base_out.revision, dtype=out_dtype)
-    if recorded:  # merged once already: download it instead of merging again
-        files = pull_export(backend, recorded[0], out, force=force, progress=progress)
-        return ExportResult(out=out, files=files, dtype=out_dtype, reused=True,
-                            export=recorded[0])
+    own = backend.export_provenance()
+    untrusted = [e.provenance for e in recorded if trusted_because(e, own) is None]
+    for candidate in recorded:
+        why = trusted_because(candidate, own)
+        if why is not None:  # merged once already, by someone we trust: download it
+            files = pull_export(backend, candidate, out, force=force, progress=progress)
+            return ExportResult(out=out, files=files, dtype=out_dtype, reused=True,
+                                export=candidate, trusted_because=why, untrusted=untrusted)
 
     adapter_files = {f.path: f.digest for f in version.files}
     with tempfile.TemporaryDirectory(prefix="adapter-registry-export-") as tmp_name:
@@ -243,7 +283,8 @@ def export(
             bar.close()
     files = [{"path": f.path, "digest": f.digest, "size": f.size} for f in result.files]
     outcome = ExportResult(out=out, files=files, dtype=result.dtype,
-                           merged_modules=result.merged_modules, shards=result.shards)
+                           merged_modules=result.merged_modules, shards=result.shards,
+                           untrusted=untrusted)
     if upload:
         digests = {f["path"]: f["digest"] for f in files}
         outcome.uploaded, _ = upload_missing(backend, out, digests, progress)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import os
 import random
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -17,22 +16,22 @@ from registry.backend import RegistryBackend
 from registry.base_models.schemas import BaseModelOut, RegisterBaseIn
 from registry.base_models.sources import wanted
 from registry.clientside.ci_env import detect_provenance
+from registry.clientside.staging import staged_dir
 from registry.config import Settings
 from registry.errors import (
     BlobBusy,
     BlobNotFound,
     DigestMismatch,
     InvalidInput,
-    InvalidPath,
     InvalidReference,
     NotFound,
 )
 from registry.formats import (
     PICKLE_SUFFIXES,
     LocalDirAccess,
+    check_paths,
     inspect_adapter,
     list_local_files,
-    normalize_path,
 )
 from registry.formats.checkpoint import read_checkpoint
 from registry.refs import parse_ref, refuse_alias, validate_name
@@ -237,6 +236,7 @@ def register_base_dir(
     paths = [p for p in list_local_files(directory) if wanted(p) or p.endswith(PICKLE_SUFFIXES)]
     if any(p.endswith(".safetensors") for p in paths):
         paths = [p for p in paths if not p.endswith(PICKLE_SUFFIXES)]
+    check_paths(paths)  # the server refuses a set it could not hand back; so do we, first
     read_checkpoint(paths, LocalDirAccess(directory), max_header_bytes=settings.max_header_bytes,
                     max_config_bytes=settings.max_config_bytes)
     files, uploaded, _ = upload_files(backend, directory, paths, progress)
@@ -264,56 +264,58 @@ def pull(
     *,
     ref: str,
     directory: Path,
+    force: bool = False,
     progress: ProgressFactory | None = None,
 ) -> tuple[VersionOut, list[str]]:
     """Write every file of a version into ``directory``, each verified against its digest.
 
-    A file is written to a temporary name next to its destination and renamed into place only
-    after its sha256 and size match, so an interrupted pull never leaves a wrong file behind.
+    The whole set is checked first (paths a server sends are untrusted: `check_paths`), then
+    downloaded into a staging directory and installed only when every file matched its sha256
+    and size (`registry.clientside.staging`), so a failed pull leaves ``directory`` as it was.
+
+    Args:
+        backend: The registry.
+        ref: NAME or NAME:VERSION.
+        directory: Must not exist or be empty, unless ``force``.
+        force: Replace a non-empty ``directory``.
+        progress: Progress bars, one per file.
 
     Returns:
         The version and the paths written.
 
     Raises:
-        NotFound subclasses, DigestMismatch, InvalidPath (a server sent an unsafe path).
+        NotFound subclasses, DigestMismatch, InvalidPath (a server sent an unsafe path set),
+        OutputExists (``directory`` is not empty).
     """
     version = resolve(backend, ref)
-    root = directory.resolve()
-    targets: list[tuple[str, Path]] = []
-    for f in version.files:
-        normalize_path(f.path)
-        target = (root / f.path).resolve()
-        if root not in target.parents:
-            raise InvalidPath(f"refusing to write {f.path!r} outside {directory}")
-        targets.append((f.path, target))
-    root.mkdir(parents=True, exist_ok=True)
+    check_paths([f.path for f in version.files])
     written: list[str] = []
-    for f, (path, target) in zip(version.files, targets, strict=True):
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial",
-                                        dir=target.parent)
-        tmp = Path(tmp_name)
-        try:
-            with (
-                os.fdopen(fd, "wb", buffering=0) as out,
-                contextlib.closing(HashingFileSink(out)) as sink,
-                progress_bar(progress, f"pull {path}", f.size) as upd,
-            ):
-                backend.download_blob(f.digest, sink, progress=upd)  # type: ignore[arg-type]
-                os.fsync(out.fileno())
-                got = sink.digest()
+    with staged_dir(directory, force=force, hint="--force") as staging:
+        for f in version.files:
+            # check_paths refused "..", absolute paths and backslashes, and the staging
+            # directory is new and ours: the join stays inside it.
+            local = staging / f.path
+            local.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                with (
+                    local.open("xb", buffering=0) as out,
+                    contextlib.closing(HashingFileSink(out)) as sink,
+                    progress_bar(progress, f"pull {f.path}", f.size) as upd,
+                ):
+                    backend.download_blob(f.digest, sink, progress=upd)  # type: ignore[arg-type]
+                    os.fsync(out.fileno())
+                    got = sink.digest()
+            except OSError as exc:
+                if exc.filename is None or exc.filename == str(local):
+                    # A write through a descriptor (a full disk, a quota) names no file, and the
+                    # staging name means nothing to the user: name the file being pulled.
+                    raise OSError(exc.errno, f"pull failed: {exc.strerror or exc}",
+                                  str(directory / f.path)) from exc
+                raise
             if got != f.digest or sink.size != f.size:
                 raise DigestMismatch(
-                    f"{path}: downloaded content has digest {got} ({sink.size} bytes), "
+                    f"{f.path}: downloaded content has digest {got} ({sink.size} bytes), "
                     f"expected {f.digest} ({f.size} bytes)"
                 )
-            os.replace(tmp, target)
-        except BaseException as exc:
-            tmp.unlink(missing_ok=True)
-            if isinstance(exc, OSError) and exc.filename is None:
-                # A write through a descriptor (a full disk, a quota) names no file.
-                raise OSError(exc.errno, f"pull failed: {exc.strerror or exc}",
-                              str(target)) from exc
-            raise
-        written.append(path)
+            written.append(f.path)
     return version, written

@@ -269,10 +269,20 @@ class Compatibility(Base):
 
 
 class Export(Base):
-    """A merged checkpoint made from (adapter version, base model, dtype), stored as blobs."""
+    """A merged checkpoint made from (adapter version, base model, dtype), stored as blobs.
+
+    ``provenance`` says who recorded it, set by the server, never by the client:
+    ``anonymous`` (an unauthenticated request), ``token:NAME`` (an API token, issue 13),
+    ``embedded`` (the embedded CLI, which writes the database directly) or ``job:ID`` (a
+    registry export job). A client reuses an export only from a provenance it trusts, so each
+    uploader has its own record per (version, base, dtype): nobody's upload can take the place
+    of another's.
+    """
 
     __tablename__ = "exports"
-    __table_args__ = (UniqueConstraint("adapter_version_id", "base_model_id", "dtype"),)
+    __table_args__ = (
+        UniqueConstraint("adapter_version_id", "base_model_id", "dtype", "provenance"),
+    )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     adapter_version_id: Mapped[int] = mapped_column(
@@ -284,7 +294,10 @@ class Export(Base):
     dtype: Mapped[str] = mapped_column(String(16))
     total_size: Mapped[int] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # The authenticated principal's name (None when anonymous). Rows recorded before migration
+    # 0006 hold whatever the client sent; their provenance is "anonymous".
     created_by: Mapped[str | None] = mapped_column(String(200))
+    provenance: Mapped[str] = mapped_column(String(220))
 
     version: Mapped[AdapterVersion] = relationship()
     base_model: Mapped[BaseModelRow] = relationship()

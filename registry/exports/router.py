@@ -6,10 +6,18 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
 
-from registry.api.deps import AdapterName, OptionalBaseName, SessionDep, VersionNumber
+from registry.api.deps import (
+    ActorDep,
+    AdapterName,
+    OptionalBaseName,
+    SessionDep,
+    SettingsDep,
+    StoreDep,
+    VersionNumber,
+)
 from registry.api.responses import error_responses
 from registry.exports import service
-from registry.exports.schemas import CreateExportIn, ExportOut
+from registry.exports.schemas import ANONYMOUS, TOKEN_PREFIX, CreateExportIn, ExportOut
 
 router = APIRouter(prefix="/api/v1", tags=["exports"])
 
@@ -17,8 +25,15 @@ router = APIRouter(prefix="/api/v1", tags=["exports"])
 @router.post("/exports", response_model=ExportOut, status_code=201,
              responses={200: {"description": "the same export was already recorded"},
                         **error_responses(404, 409, 413, 422, 503)})
-def create_export(body: CreateExportIn, session: SessionDep, response: Response) -> ExportOut:
-    export, created = service.create_export(session, body=body)
+def create_export(body: CreateExportIn, session: SessionDep, store: StoreDep,
+                  settings: SettingsDep, actor: ActorDep, response: Response) -> ExportOut:
+    # Who uploaded it comes from the request's authentication alone (anonymous until tokens
+    # exist); clients decide whether to reuse an export from this provenance.
+    provenance = ANONYMOUS if actor is None else f"{TOKEN_PREFIX}{actor.name}"
+    export, created = service.create_export(
+        session, store, body=body, settings=settings, provenance=provenance,
+        created_by=actor.name if actor is not None else None,
+    )
     if not created:
         response.status_code = 200
     return service.to_out(export)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 import re
 import stat
-from collections.abc import Sequence
+import unicodedata
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -25,13 +26,20 @@ CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
 SAFETENSORS_SUFFIX = ".safetensors"
 MAX_PATH_CHARS = 1024
+# The usual per-name limit of filesystems (ext4, XFS, APFS, NTFS in UTF-16 units): a longer
+# segment is accepted by a database but cannot be written by a pull.
+MAX_SEGMENT_BYTES = 255
 
 # Directories list_local_files leaves out: VCS metadata and the download cache that
 # `huggingface_hub` writes into a local_dir; neither is part of an adapter.
 SKIPPED_DIRS: tuple[str, ...] = (".git", ".cache/huggingface")
 
 _DRIVE = re.compile(r"^[A-Za-z]:")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+# Bidirectional formatting characters (embeddings and overrides U+202A-U+202E, isolates
+# U+2066-U+2069, the marks U+200E/U+200F and U+061C): they make a listed name read differently
+# from what is written ("model\u202egnp.exe" shows as "modelexe.png").
+_BIDI = re.compile("[\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 
 
 def normalize_path(path: str) -> str:
@@ -44,15 +52,22 @@ def normalize_path(path: str) -> str:
         `path` itself.
 
     Raises:
-        InvalidPath: Empty, over 1024 characters, absolute (including "C:" drive forms), with a
-            backslash, NUL or control character, or with an empty, "." or ".." segment.
+        InvalidPath: Empty, over 1024 characters, a segment over 255 bytes (UTF-8), absolute
+            (including "C:" drive forms), with a backslash, a C0/C1 control character or a
+            bidirectional formatting character, or with an empty, "." or ".." segment.
     """
     if not path:
         raise InvalidPath("empty file path")
     if len(path) > MAX_PATH_CHARS:
         raise InvalidPath(f"file path is {len(path)} characters; the limit is {MAX_PATH_CHARS}")
+    # repr() escapes every character matched below, so the message shows what is really there.
     if _CONTROL.search(path):
         raise InvalidPath(f"file path {path!r} contains a NUL or control character")
+    if _BIDI.search(path):
+        raise InvalidPath(
+            f"file path {path!r} contains a bidirectional formatting character, which makes "
+            "the name display differently from what it is"
+        )
     if "\\" in path:
         raise InvalidPath(f"file path {path!r} contains a backslash; use '/' separators")
     if path.startswith("/") or _DRIVE.match(path):
@@ -62,7 +77,58 @@ def normalize_path(path: str) -> str:
             raise InvalidPath(f"file path {path!r} has an empty segment")
         if segment in (".", ".."):
             raise InvalidPath(f"file path {path!r} has a {segment!r} segment")
+        size = len(segment.encode("utf-8", "surrogatepass"))
+        if size > MAX_SEGMENT_BYTES:
+            raise InvalidPath(
+                f"file path {path[:80]!r}… has a {size}-byte name; filesystems allow at most "
+                f"{MAX_SEGMENT_BYTES} bytes per name"
+            )
     return path
+
+
+def _fold(path: str) -> str:
+    # How case-insensitive filesystems (macOS APFS/HFS+, Windows NTFS) compare names: case and
+    # Unicode normalization do not count. Case folding is a little broader than either ("ß"
+    # folds to "ss"); refusing such a pair costs nothing, accepting a colliding one loses a file.
+    return unicodedata.normalize("NFC", path).casefold()
+
+
+def check_paths(paths: Iterable[str]) -> None:
+    """Validate every path and the set as a whole: that it can be written to any filesystem.
+
+    Used wherever a file set enters the registry (push, base registration, export records) and
+    where one leaves it (pull, export download), so a set accepted once can always be pulled.
+
+    Args:
+        paths: Relative paths of one adapter, checkpoint or export.
+
+    Raises:
+        InvalidPath: A path fails `normalize_path`; a path is listed twice; two paths differ
+            only by case or Unicode normalization; a path is also a directory of another
+            ("x" and "x/y"), including when they differ only by case.
+    """
+    seen: dict[str, str] = {}
+    for path in paths:
+        normalize_path(path)
+        key = _fold(path)
+        other = seen.get(key)
+        if other == path:
+            raise InvalidPath(f"file path {path!r} is listed twice")
+        if other is not None:
+            raise InvalidPath(
+                f"file paths {other!r} and {path!r} differ only by case or Unicode "
+                "normalization; they collide on macOS and Windows"
+            )
+        seen[key] = path
+    for key, path in seen.items():
+        parts = key.split("/")
+        for i in range(1, len(parts)):
+            directory = seen.get("/".join(parts[:i]))
+            if directory is not None:
+                raise InvalidPath(
+                    f"file path {directory!r} is also a directory of {path!r}; a checkout "
+                    "cannot hold both"
+                )
 
 
 class FileAccess(Protocol):
@@ -134,9 +200,9 @@ def inspect_adapter(
 ) -> AdapterInspection:
     """Run every static check on an adapter's files, raising the first failure.
 
-    Order: file count, each path, duplicates, pickle suffixes, file sizes, config presence and
-    size, weights presence, config parsing, safetensors headers (adapter_model.safetensors and
-    any other *.safetensors), tensors against the config.
+    Order: file count, each path and the set as a whole (`check_paths`), pickle suffixes, file
+    sizes, config presence and size, weights presence, config parsing, safetensors headers
+    (adapter_model.safetensors and any other *.safetensors), tensors against the config.
 
     Args:
         paths: Relative paths of every file of the adapter.
@@ -148,7 +214,8 @@ def inspect_adapter(
 
     Raises:
         TooLarge: Too many files, a file, the config or a safetensors header is too large.
-        InvalidPath: A path is not a clean relative path, or is listed twice.
+        InvalidPath: A path is not a clean relative path, or the set cannot be written to a
+            filesystem (see `check_paths`).
         UnsafeFormat: A pickle-based weight file is present.
         InvalidAdapterConfig: adapter_config.json is missing or invalid.
         InvalidAdapter: adapter_model.safetensors is missing.
@@ -157,13 +224,7 @@ def inspect_adapter(
     """
     if len(paths) > limits.max_files:
         raise TooLarge(f"adapter has {len(paths)} files; the limit is {limits.max_files}")
-    for path in paths:
-        normalize_path(path)
-    seen: set[str] = set()
-    for path in paths:
-        if path in seen:
-            raise InvalidPath(f"file path {path!r} is listed twice")
-        seen.add(path)
+    check_paths(paths)
     for path in paths:
         if path.lower().endswith(PICKLE_SUFFIXES):
             raise UnsafeFormat(_pickle_message(path))

@@ -154,6 +154,20 @@ def test_cli_errors_are_one_line(home, adapters_dir, tmp_path, args, code, fragm
         assert run("--json", "list")[1] == []
 
 
+def test_pull_into_a_non_empty_directory(home, adapters_dir, tmp_path):
+    assert run("push", "bot", str(adapters_dir["lora"]))[0] == 0
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    (dest / "notes.txt").write_text("mine")
+    code, _, err = run("pull", "bot:1", str(dest))
+    assert_one_line_error(code, err, code=1, fragment="not empty")
+    assert "--force" in err and read_dir(dest) == {"notes.txt": b"mine"}
+    code, out, err = run("--json", "pull", "bot:1", str(dest), "--force")
+    assert code == 0, err
+    assert read_dir(dest) == read_dir(adapters_dir["lora"]) and sorted(out["files"]) == sorted(
+        read_dir(adapters_dir["lora"]))
+
+
 def test_lineage_command_embedded_and_over_http(home, adapters_dir, live_server):
     for url in ([], ["--url", live_server.url]):
         assert run(*url, "push", "bot", str(adapters_dir["lora"]))[0] == 0
@@ -292,7 +306,9 @@ def _pull_onto_a_full_disk(url: list[str], home: Path, tmp_path: Path) -> None:
     assert proc.returncode == 1, proc.stderr
     assert proc.stderr == f"error: pull failed: File too large: {target}\n"
     assert not target.exists()
-    assert not [p for p in dest.iterdir() if p.name.endswith(".partial")]
+    # Staged beside the destination and installed only when complete: neither exists now.
+    assert not dest.exists()
+    assert not [p for p in dest.parent.iterdir() if p.name.endswith(".partial")]
 
 
 def test_embedded_pull_onto_a_full_disk(home, tmp_path):

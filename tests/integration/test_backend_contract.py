@@ -90,7 +90,8 @@ def test_compat_both_ways(family: RegistryBackend):
         CompatibleBaseOut(name="tiny-llama", revision=base.revision)]
 
 
-def test_export_record_and_list(family: RegistryBackend, base_dirs, settings, tmp_path):
+def test_export_record_and_list(family: RegistryBackend, base_dirs, settings, tmp_path,
+                                request: pytest.FixtureRequest):
     # Any stored safetensors checkpoint files stand in for a merge's output here.
     from registry.clientside.transfer import upload_files
 
@@ -101,6 +102,12 @@ def test_export_record_and_list(family: RegistryBackend, base_dirs, settings, tm
                           dtype="float32", files=files)
     export, created = family.create_export(body)
     assert created and export.dtype == "float32" and export.name == "bot"
+    # Who recorded it is the registry's to say: no authentication over HTTP yet (anyone), the
+    # embedded registry itself otherwise; only the latter is an identity a client can trust.
+    embedded = request.node.callspec.params["backend"] == "local"
+    assert export.provenance == ("embedded" if embedded else "anonymous")
+    assert export.created_by is None
+    assert family.export_provenance() == ("embedded" if embedded else None)
     assert family.create_export(body)[1] is False
     [listed] = family.list_exports("bot", 1, base="tiny-llama", dtype="float32")
     assert {f.path: f.digest for f in listed.files} == files

@@ -103,6 +103,10 @@ def _path(bad: str):
     return lambda f: {**f, bad: b"x"}
 
 
+def _file_and_directory(f):
+    return {**f, "notes": b"a", "notes/more.txt": b"b"}
+
+
 CASES = [
     ("truncated safetensors", _truncated, 422, "invalid_safetensors"),
     ("header length beyond the file", _header_too_long, 422, "invalid_safetensors"),
@@ -119,6 +123,12 @@ CASES = [
     ("path with ..", _path("../escape.txt"), 422, "invalid_path"),
     ("absolute path", _path("/etc/passwd"), 422, "invalid_path"),
     ("backslash path", _path("sub\\file.txt"), 422, "invalid_path"),
+    # Accepted once, then no pull could write them (or wrote a deceptive name).
+    ("name over 255 bytes", _path("n" * 300), 422, "invalid_path"),
+    ("a file that is also a directory", _file_and_directory, 422, "invalid_path"),
+    ("right-to-left override", _path("README\u202etxt.exe"), 422, "invalid_path"),
+    ("names differing only by case", _path("Adapter_Config.json"), 422, "invalid_path"),
+    ("C1 control character", _path("a\x9bb.txt"), 422, "invalid_path"),
 ]
 
 
@@ -160,31 +170,44 @@ def test_file_over_limit_at_version_create(live_server, lora_files, settings):
     assert r.status_code == 413
 
 
-# Percent-encoded so the HTTP client does not normalise the path before the server sees it.
-@pytest.mark.parametrize("name", ["Upper", "-dash", "a/b/c", "sp%20ace", "x" * 201,
-                                  "a%2F..%2Fb", "..", "a%00b"])
-def test_invalid_adapter_name(live_server, lora_files, name):
+# Percent-encoded so the HTTP client does not normalise the path before the server sees it
+# ("%2E%2E" is "..": sent bare, the client would resolve it and ask for another route).
+@pytest.mark.parametrize(("name", "code"), [
+    ("Upper", "invalid_name"), ("-dash", "invalid_name"), ("a/b/c", "invalid_name"),
+    ("sp%20ace", "invalid_name"), ("x" * 201, "invalid_input"), ("a%2F..%2Fb", "invalid_name"),
+    ("%2E%2E", "invalid_name"), ("a%00b", "invalid_name"),
+])
+def test_invalid_adapter_name(live_server, lora_files, name, code):
     for data in lora_files.values():
         httpx.put(f"{live_server.url}/api/v1/blobs/{digest_of(data)}", content=data)
     body = {"files": {p: digest_of(d) for p, d in lora_files.items()}}
     r = httpx.post(f"{live_server.url}/api/v1/adapters/{name}/versions", json=body)
-    assert 400 <= r.status_code < 500, r.text
-    assert r.json()["error"] in ("invalid_name", "not_found", "invalid_input")
+    assert r.status_code == 422 and r.json()["error"] == code, r.text
     assert httpx.get(f"{live_server.url}/api/v1/adapters").json() == []
 
 
-@pytest.mark.parametrize("body", [
-    {"files": {}},
-    {"files": {"adapter_config.json": "sha256:nothex"}},
-    {"files": "nope"},
-    {"files": {"a": "sha256:" + "0" * 64}, "metadata": {"bad key!": "v"}},
-    {"files": {"a": "sha256:" + "0" * 64}, "unexpected": 1},
-    {"files": {"a": "sha256:" + "0" * 64}, "parent": "not a ref"},
+STORED = "<stored>"  # replaced by the digests of the uploaded adapter: the blobs exist
+
+
+@pytest.mark.parametrize(("body", "code"), [
+    ({"files": {}}, "invalid_input"),
+    ({"files": {"adapter_config.json": "sha256:nothex"}}, "invalid_digest"),
+    ({"files": "nope"}, "invalid_input"),
+    ({"files": STORED, "metadata": {"bad key!": "v"}}, "invalid_input"),
+    ({"files": STORED, "unexpected": 1}, "invalid_input"),
+    ({"files": STORED, "parent": "not a ref"}, "invalid_reference"),
+    ({"files": STORED, "parent": "x"}, "invalid_reference"),  # a parent names its version
+    ({"files": STORED, "base_model": "Bad Base"}, "invalid_name"),
 ])
-def test_malformed_version_requests(live_server, body):
+def test_malformed_version_requests(live_server, lora_files, body, code):
+    for data in lora_files.values():
+        httpx.put(f"{live_server.url}/api/v1/blobs/{digest_of(data)}", content=data)
+    if body["files"] == STORED:
+        body = {**body, "files": {p: digest_of(d) for p, d in lora_files.items()}}
     r = httpx.post(f"{live_server.url}/api/v1/adapters/x/versions", json=body)
-    assert 400 <= r.status_code < 500, r.text
+    assert r.status_code == 422 and r.json()["error"] == code, r.text
     assert set(r.json()) == {"error", "detail"}
+    assert httpx.get(f"{live_server.url}/api/v1/adapters").json() == []
 
 
 def test_non_json_body(live_server):

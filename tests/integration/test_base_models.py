@@ -134,6 +134,7 @@ def test_hf_source_from_the_offline_cache(http: HttpRegistry, settings, tmp_path
     cache = _hf_cache(tmp_path / "hf-cache", "acme/tiny-llama", files, commit)
     settings.hf_cache_dir = cache
     settings.hf_offline = True
+    settings.base_sources = "hf://acme/"
     base, created = http.register_base(RegisterBaseIn(name="hf-llama",
                                                       source="hf://acme/tiny-llama"))
     assert created and base.revision == commit and base.source_kind == "hf"
@@ -160,6 +161,7 @@ def test_s3_source_is_referenced(http: HttpRegistry, settings, base_dirs, reques
     prefix = f"checkpoints/{request.node.name.replace('[', '-').replace(']', '')}"
     for p in base_dirs["llama"].iterdir():
         client.put_object(Bucket=bucket, Key=f"{prefix}/{p.name}", Body=p.read_bytes())
+    settings.base_sources = f"s3://{bucket}/checkpoints/,s3://no-such-bucket-xyz/"
     base, created = http.register_base(RegisterBaseIn(name="s3-llama",
                                                       source=f"s3://{bucket}/{prefix}"))
     assert created and base.source_kind == "s3" and base.model_type == "llama"
@@ -168,6 +170,93 @@ def test_s3_source_is_referenced(http: HttpRegistry, settings, base_dirs, reques
         http.register_base(RegisterBaseIn(name="gone", source="s3://no-such-bucket-xyz/x"))
     with pytest.raises(errors.InvalidInput):
         http.register_base(RegisterBaseIn(name="bad", source="ftp://x"))
+
+
+def _plant(request, prefix: str, files: dict[str, bytes]) -> str:
+    """Put files under s3://<test bucket>/<prefix>/ behind the registry's back."""
+    from tests.integration.s3_server import s3_client
+
+    bucket = request.getfixturevalue("s3_bucket")
+    client = s3_client(request.getfixturevalue("s3_endpoint"))
+    for name, data in files.items():
+        client.put_object(Bucket=bucket, Key=f"{prefix}/{name}", Body=data)
+    return bucket
+
+
+def _post_base(live_server, source: str, **extra: object) -> httpx.Response:
+    return httpx.post(f"{live_server.url}/api/v1/base-models",
+                      json={"name": "probe", "source": source, **extra}, timeout=60)
+
+
+def test_referenced_sources_must_be_allowlisted(http: HttpRegistry, settings, base_dirs,
+                                                live_server, request):
+    """The server reads hf:// and s3:// sources with its own credentials and answers with the
+    config and file listing: without an allowlist a client could read any bucket it can name."""
+    files = {p.name: p.read_bytes() for p in base_dirs["llama"].iterdir()}
+    config = json.loads(files["config.json"])
+    files["config.json"] = json.dumps({**config, "note": "planted-secret"}).encode()
+    bucket = _plant(request, f"secrets/{uuid4_hex()}", files)
+
+    def refused(source: str) -> str:
+        r = _post_base(live_server, source)
+        assert r.status_code == 403 and r.json()["error"] == "source_not_allowed", r.text
+        assert "planted-secret" not in r.text and "model.safetensors" not in r.text
+        return r.json()["detail"].replace(source, "SOURCE")
+
+    assert settings.base_sources == ""  # the default: no referenced source at all
+    details = {refused(f"s3://{bucket}/secrets"), refused("s3://no-such-bucket-xyz/x"),
+               refused("hf://acme/private-model")}
+    assert len(details) == 1  # the same answer whether or not the bucket exists
+
+    settings.base_sources = f"s3://{bucket}/checkpoints,hf://acme/tiny-llama"
+    refused(f"s3://{bucket}/secrets")
+    refused(f"s3://{bucket}/checkpoints-private/x")  # prefixes match whole segments
+    refused(f"s3://{bucket}")
+    refused("hf://acme/tiny-llama-private")
+    refused("hf://acme-private/tiny-llama")
+    assert http.list_bases() == []
+
+
+def test_unreadable_sources_do_not_say_why(http: HttpRegistry, settings, live_server, request):
+    """Allowed or not, a client must not learn whether a bucket exists from the error."""
+    bucket = request.getfixturevalue("s3_bucket")
+    settings.base_sources = f"s3://{bucket}/,s3://no-such-bucket-xyz/"
+    details = set()
+    for source in (f"s3://{bucket}/empty-prefix-{uuid4_hex()}", "s3://no-such-bucket-xyz/x"):
+        r = _post_base(live_server, source)
+        assert r.status_code == 422 and r.json()["error"] == "source_unavailable", r.text
+        details.add(r.json()["detail"].replace(source, "SOURCE"))
+    assert len(details) == 1, details
+    assert "NoSuchBucket" not in details.pop()
+    assert http.list_bases() == []
+
+
+def test_embedded_registry_reads_any_source_with_its_users_credentials(settings, base_dirs,
+                                                                      request):
+    """The embedded CLI reads sources with the user's own AWS/HF credentials: no allowlist."""
+    from registry.local import LocalRegistry
+
+    prefix = f"mine/{uuid4_hex()}"
+    bucket = _plant(request, prefix, {p.name: p.read_bytes() for p in base_dirs["llama"].iterdir()})
+    assert settings.base_sources == ""
+    local = LocalRegistry(settings)
+    try:
+        base, created = local.register_base(RegisterBaseIn(name="s3-llama",
+                                                           source=f"s3://{bucket}/{prefix}"))
+        assert created and base.model_type == "llama"
+        with pytest.raises(errors.InvalidInput, match="invalid revision"):
+            local.register_base(RegisterBaseIn(name="s3-llama", source=f"s3://{bucket}/{prefix}",
+                                               revision="../../etc"))
+        with pytest.raises(errors.InvalidInput, match="invalid revision"):
+            local.register_base(RegisterBaseIn(name="hf-x", source="hf://acme/x@refs/../../x"))
+    finally:
+        local.close()
+
+
+def uuid4_hex() -> str:
+    import uuid
+
+    return uuid.uuid4().hex[:12]
 
 
 def test_compat_queries_both_ways(http: HttpRegistry, settings, adapters_dir, base_dirs,
@@ -229,6 +318,7 @@ def test_registration_race_on_one_name(http: HttpRegistry, settings, base_dirs, 
 
     from registry.base_models import service as bases
     from registry.db.engine import session_scope
+    from registry.formats.sources import SourceAllowlist
 
     register_base_dir(http, name="warm", directory=base_dirs["llama"], settings=settings)
     files = {f.path: str(f.digest) for f in http.get_base("warm").files}
@@ -240,7 +330,8 @@ def test_registration_race_on_one_name(http: HttpRegistry, settings, base_dirs, 
     def first() -> None:
         with session_scope(ctx.sessions) as session:
             results["first"] = bases.register_base(session, ctx.store, body=body,
-                                                   settings=settings)[1]
+                                                   settings=settings,
+                                                   sources=SourceAllowlist())[1]
             first_flushed.set()
             time.sleep(0.5)  # the second transaction is now blocked on our row
 
@@ -248,7 +339,8 @@ def test_registration_race_on_one_name(http: HttpRegistry, settings, base_dirs, 
         first_flushed.wait(30)
         with session_scope(ctx.sessions) as session:
             results["second"] = bases.register_base(session, ctx.store, body=body,
-                                                    settings=settings)[1]
+                                                    settings=settings,
+                                                    sources=SourceAllowlist())[1]
 
     threads = [threading.Thread(target=first), threading.Thread(target=second)]
     for t in threads:

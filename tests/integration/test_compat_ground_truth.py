@@ -16,6 +16,7 @@ then compares two answers:
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -251,7 +252,7 @@ def peft_truth(base_dir: Path, adapter_dir: Path) -> Truth:
     try:
         with mock.patch.object(PeftModel, "load_adapter", spy):
             model = PeftModel.from_pretrained(base, str(adapter_dir))
-    except Exception as exc:  # any failure to load is the answer
+    except Exception as exc:  # a failure to load is the answer; each case says which one
         return Truth(False, error=f"{type(exc).__name__}: {exc}")
     (result,) = results
     missing = list(result.missing_keys)
@@ -414,6 +415,14 @@ class Case:
     warnings: frozenset[str] = frozenset()  # at least these warning codes
     details: Callable[[Verdict], None] | None = None
     validate: bool = True
+    # How peft fails to load the pair (a regex over "ExceptionType: message"); None: it loads
+    # without raising, and missing or unexpected keys decide.
+    peft_error: str | None = None
+
+
+def _size_mismatch(param: str) -> str:
+    """peft's load error for a parameter (a regex) whose shape differs from the model's."""
+    return r"RuntimeError: Error\(s\) in loading state_dict.*size mismatch for " + param
 
 
 def _case(
@@ -432,7 +441,13 @@ CASES = [
     # the pairs the issue names
     _case("llama_match", "llama", "lora", True),
     _case(
-        "hidden_size_differs", "llama_h48", "lora", False, ("shape_mismatch",), details=_hidden_size
+        "hidden_size_differs",
+        "llama_h48",
+        "lora",
+        False,
+        ("shape_mismatch",),
+        details=_hidden_size,
+        peft_error=_size_mismatch(r"\S*\.layers\.0\.self_attn\.q_proj\.lora_A\."),
     ),
     _case(
         "target_module_missing",
@@ -450,6 +465,7 @@ CASES = [
         False,
         ("shape_mismatch",),
         details=_conv1d_h48,
+        peft_error=_size_mismatch(r"\S*\.c_attn\.lora_A\."),
     ),
     _case("bert_match", "bert", "bert_lora", True),
     _case(
@@ -462,13 +478,32 @@ CASES = [
     ),
     _case("dora_match", "llama", "dora", True),
     _case(
-        "dora_hidden_differs", "llama_h48", "dora", False, ("shape_mismatch",), details=_dora_h48
+        "dora_hidden_differs",
+        "llama_h48",
+        "dora",
+        False,
+        ("shape_mismatch",),
+        details=_dora_h48,
+        peft_error=_size_mismatch(r"\S*\.q_proj\.lora_A\."),
     ),
     _case("ia3_match", "llama", "ia3", True),
-    _case("ia3_hidden_differs", "llama_h48", "ia3", False, ("shape_mismatch",), details=_ia3_h48),
+    _case(
+        "ia3_hidden_differs",
+        "llama_h48",
+        "ia3",
+        False,
+        ("shape_mismatch",),
+        details=_ia3_h48,
+        peft_error=_size_mismatch(r"\S*\.ia3_l\."),
+    ),
     _case("rank_pattern_match", "llama", "lora_rank_pattern", True),
     _case(
-        "rank_pattern_hidden_differs", "llama_h48", "lora_rank_pattern", False, ("shape_mismatch",)
+        "rank_pattern_hidden_differs",
+        "llama_h48",
+        "lora_rank_pattern",
+        False,
+        ("shape_mismatch",),
+        peft_error=_size_mismatch(r"\S*\.lora_A\."),
     ),
     _case(
         "rank_pattern_not_in_config",
@@ -478,6 +513,7 @@ CASES = [
         ("rank_mismatch",),
         details=_rank_pattern_dropped,
         validate=False,
+        peft_error=_size_mismatch(r"\S*\.o_proj\.lora_A\."),
     ),
     _case("modules_to_save_match", "llama", "modules_to_save", True),
     _case(
@@ -487,6 +523,7 @@ CASES = [
         False,
         ("vocab_resized",),
         details=_resized_vocab,
+        peft_error=_size_mismatch(r"\S*\.embed_tokens\.modules_to_save\."),
     ),
     _case(
         "adapter_has_more_layers",
@@ -506,7 +543,13 @@ CASES = [
     ),
     # further methods and layouts
     _case(
-        "llama_adapter_on_gpt2", "gpt2", "lora", False, ("missing_module",), details=_llama_on_gpt2
+        "llama_adapter_on_gpt2",
+        "gpt2",
+        "lora",
+        False,
+        ("missing_module",),
+        details=_llama_on_gpt2,
+        peft_error=r"NoMatchingPeftModuleError: Target modules .* not found in the base model",
     ),
     _case(
         "ia3_adapter_has_more_layers",
@@ -517,13 +560,33 @@ CASES = [
     ),
     _case("layers_to_transform_on_deeper_base", "llama_4_layers", "lora_layers_0_1", True),
     _case("loha_match", "llama", "loha", True),
-    _case("loha_hidden_differs", "llama_h48", "loha", False, ("shape_mismatch",)),
+    _case(
+        "loha_hidden_differs",
+        "llama_h48",
+        "loha",
+        False,
+        ("shape_mismatch",),
+        peft_error=_size_mismatch(r"\S*\.hada_w1_a\."),
+    ),
     _case("lokr_match", "llama", "lokr", True),
     _case(
-        "lokr_hidden_differs", "llama_h48", "lokr", False, ("shape_mismatch",), details=_lokr_h48
+        "lokr_hidden_differs",
+        "llama_h48",
+        "lokr",
+        False,
+        ("shape_mismatch",),
+        details=_lokr_h48,
+        peft_error=_size_mismatch(r"\S*\.lokr_w1\."),
     ),
     _case("embedding_lora_match", "llama", "embedding", True),
-    _case("embedding_lora_hidden_differs", "llama_h48", "embedding", False, ("shape_mismatch",)),
+    _case(
+        "embedding_lora_hidden_differs",
+        "llama_h48",
+        "embedding",
+        False,
+        ("shape_mismatch",),
+        peft_error=_size_mismatch(r"\S*\.embed_tokens\."),
+    ),
     _case(
         "bare_backbone_base", "llama_bare", "modules_to_save", True, warnings=("namespace_mapped",)
     ),
@@ -536,6 +599,7 @@ CASES = [
         False,
         ("shape_mismatch",),
         details=_prompt_h48,
+        peft_error=r"forward: RuntimeError: Sizes of tensors must match",
     ),
 ]
 
@@ -545,6 +609,12 @@ def test_static_verdict_equals_peft_load(pairs: Pairs, case: Case) -> None:
     base_dir, adapter_dir = pairs.base(case.base), pairs.adapter(case.adapter)
     truth = peft_truth(base_dir, adapter_dir)
     assert truth.compatible == case.compatible, f"the pair does not behave as built: {truth}"
+    # peft failed the way this pair is built to fail, not some other way (a broken fixture, a
+    # missing dependency) that would pass for "incompatible" just as well.
+    if case.peft_error is None:
+        assert truth.error is None, truth
+    else:
+        assert truth.error is not None and re.search(case.peft_error, truth.error, re.S), truth
 
     verdict = static_verdict(base_dir, adapter_dir, validate=case.validate)
     assert verdict.compatible == truth.compatible, (truth, verdict.to_json())

@@ -252,6 +252,12 @@ def test_streamed_upload_over_many_batches_round_trips(live_server):
 # --- large files: sent without hashing first where the store allows ------------------------------
 
 
+def _local_store(request: pytest.FixtureRequest) -> bool:
+    """Whether this run's blob store is the local one (it names uploads after their content;
+    S3 cannot): from the backend parameter, not from the store's own flag."""
+    return request.node.callspec.params["settings"] == "sqlite-local"
+
+
 def _requests(url: str, method: str, route: str, status: int) -> float:
     prefix = (f'registry_http_requests_total{{method="{method}",route="{route}",'
               f'status="{status}"}} ')
@@ -262,13 +268,13 @@ def _requests(url: str, method: str, route: str, status: int) -> float:
 
 
 def test_big_new_file_is_sent_once_and_dedupe_still_holds(http: HttpRegistry, settings,
-                                                          live_server, tmp_path):
+                                                          live_server, tmp_path, request):
     from registry.clientside.transfer import UNHASHED_UPLOAD_MIN
 
     src = big_lora_dir(tmp_path / "big", seed=1)
     weights = src / "adapter_model.safetensors"
     assert weights.stat().st_size >= UNHASHED_UPLOAD_MIN
-    local_store = live_server.context.store.digest_after_upload  # True: local, False: S3
+    local_store = _local_store(request)
     first = push(http, name="big", directory=src, settings=settings)
     assert sorted(first.uploaded) == ["adapter_config.json", "adapter_model.safetensors"]
     url = live_server.url
@@ -289,11 +295,11 @@ def test_big_new_file_is_sent_once_and_dedupe_still_holds(http: HttpRegistry, se
     assert read_dir(out) == read_dir(src)
 
 
-def test_blob_size_query_and_content_named_upload(live_server):
+def test_blob_size_query_and_content_named_upload(live_server, request):
     import os
 
     url = live_server.url
-    local_store = live_server.context.store.digest_after_upload
+    local_store = _local_store(request)
     data = os.urandom(5 * 1024 * 1024 + 3)
     r = httpx.get(f"{url}/api/v1/blobs/sizes/{len(data)}")
     assert r.status_code == 200
@@ -314,10 +320,10 @@ def test_blob_size_query_and_content_named_upload(live_server):
     assert httpx.get(f"{url}/api/v1/blobs/sizes/{len(data)}").json()["stored"] is True
 
 
-def test_content_named_upload_over_the_limit_stores_nothing(live_server, settings):
+def test_content_named_upload_over_the_limit_stores_nothing(live_server, settings, request):
     import os
 
-    if not live_server.context.store.digest_after_upload:
+    if not _local_store(request):
         assert httpx.post(f"{live_server.url}/api/v1/blobs/uploads",
                           content=b"x").status_code == 422
         return
@@ -333,3 +339,157 @@ def test_content_named_upload_over_the_limit_stores_nothing(live_server, setting
     declared = httpx.post(f"{live_server.url}/api/v1/blobs/uploads", content=data, timeout=60)
     assert declared.status_code == 413
     assert list(live_server.context.store.iter_blobs()) == []
+
+
+# --- one idempotency key, several adapters; a retry that changes lineage or base ---------------
+
+
+def test_one_idempotency_key_on_two_adapters(http: HttpRegistry, settings, adapters_dir):
+    """A key belongs to one adapter: the same key (and content) pushed to another adapter is a
+    new version of that adapter, not the first adapter's version handed back."""
+    alpha = push(http, name="alpha", directory=adapters_dir["lora"], settings=settings,
+                 idempotency_key="ci-run-7")
+    beta = push(http, name="beta", directory=adapters_dir["lora"], settings=settings,
+                idempotency_key="ci-run-7")
+    assert (alpha.version.ref, alpha.created) == ("alpha:1", True)
+    assert (beta.version.ref, beta.created) == ("beta:1", True)
+    retry = push(http, name="beta", directory=adapters_dir["lora"], settings=settings,
+                 idempotency_key="ci-run-7")
+    assert (retry.version.ref, retry.created) == ("beta:1", False)
+    assert [v.ref for v in http.list_versions("alpha")] == ["alpha:1"]
+
+
+def test_idempotent_retry_with_another_parent_or_base_is_a_conflict(
+        http: HttpRegistry, settings, adapters_dir, base_dirs, live_server):
+    from registry.clientside.transfer import register_base_dir
+
+    push(http, name="root", directory=adapters_dir["lora_v2"], settings=settings)
+    # Not the adapter's declared base name ("tiny-llama"), so nothing links it by default.
+    register_base_dir(http, name="other-llama", directory=base_dirs["llama"], settings=settings)
+    first = push(http, name="ci", directory=adapters_dir["lora"], settings=settings,
+                 idempotency_key="k1")
+    assert (first.version.parent, first.version.base_model) == (None, None)
+    with pytest.raises(errors.IdempotencyConflict):
+        push(http, name="ci", directory=adapters_dir["lora"], settings=settings,
+             idempotency_key="k1", parent="root:1")
+    with pytest.raises(errors.IdempotencyConflict):
+        push(http, name="ci", directory=adapters_dir["lora"], settings=settings,
+             idempotency_key="k1", base_model="other-llama")
+    same = push(http, name="ci", directory=adapters_dir["lora"], settings=settings,
+                idempotency_key="k1")
+    assert (same.version.ref, same.created) == ("ci:1", False)
+    assert version_count(live_server.url, "ci") == 1
+
+
+# --- pulls: all or nothing, never into someone's files ------------------------------------------
+
+
+def _corrupt_blob(store, digest: str) -> None:
+    """Replace a stored blob's bytes (same size) behind the registry's back, as bit rot or a
+    tampered bucket would."""
+    from registry.storage import LocalBlobStore, S3BlobStore
+
+    if isinstance(store, LocalBlobStore):
+        path = store.path_for(digest)
+        path.chmod(0o644)
+        path.write_bytes(bytes(b ^ 0xFF for b in path.read_bytes()))
+    else:
+        assert isinstance(store, S3BlobStore)
+        key = store.key_for(digest)
+        data = store.client.get_object(Bucket=store.bucket, Key=key)["Body"].read()
+        store.client.put_object(Bucket=store.bucket, Key=key, Body=bytes(b ^ 0xFF for b in data))
+
+
+def _partials(directory: Path) -> list[str]:
+    return [p.name for p in directory.rglob("*") if p.name.endswith(".partial")]
+
+
+def test_a_failed_pull_leaves_nothing_behind(http: HttpRegistry, settings, adapters_dir,
+                                            tmp_path, live_server):
+    src = adapters_dir["lora"]
+    version = push(http, name="rotten", directory=src, settings=settings).version
+    weights = next(f for f in version.files if f.path == "adapter_model.safetensors")
+    _corrupt_blob(live_server.context.store, weights.digest)
+    # The other files are pulled (and verified) first, the weights fail: nothing may remain.
+    assert [f.path for f in version.files][-1] == "adapter_model.safetensors"
+
+    work = tmp_path / "work"
+    fresh = work / "fresh"
+    with pytest.raises(errors.DigestMismatch):
+        pull(http, ref="rotten:1", directory=fresh)
+    assert not fresh.exists() and _partials(work) == []
+
+    empty = work / "empty"
+    empty.mkdir()
+    with pytest.raises(errors.DigestMismatch):
+        pull(http, ref="rotten:1", directory=empty)
+    assert list(empty.iterdir()) == []
+
+    mine = work / "mine"
+    mine.mkdir()
+    (mine / "keep.txt").write_text("mine")
+    with pytest.raises(errors.DigestMismatch):
+        pull(http, ref="rotten:1", directory=mine, force=True)
+    assert read_dir(mine) == {"keep.txt": b"mine"}
+    assert sorted(p.name for p in work.iterdir()) == ["empty", "mine"]
+
+
+def test_pull_refuses_a_non_empty_directory_unless_forced(http: HttpRegistry, settings,
+                                                          adapters_dir, tmp_path):
+    push(http, name="bot", directory=adapters_dir["lora"], settings=settings)
+    push(http, name="bot", directory=adapters_dir["dora"], settings=settings)
+    work = tmp_path / "work"
+    out = work / "out"
+    out.mkdir(parents=True)
+    (out / "keep.txt").write_text("mine")
+    with pytest.raises(errors.OutputExists) as exc:
+        pull(http, ref="bot:1", directory=out)
+    assert "--force" in exc.value.detail
+    assert read_dir(out) == {"keep.txt": b"mine"}
+
+    pull(http, ref="bot:1", directory=out, force=True)
+    assert _tree_digest(out) == _tree_digest(adapters_dir["lora"])  # replaced, not merged
+    pull(http, ref="bot:2", directory=out, force=True)
+    assert _tree_digest(out) == _tree_digest(adapters_dir["dora"])
+    assert [p.name for p in work.iterdir()] == ["out"]  # no staging or old copy left
+
+    a_file = work / "a-file"
+    a_file.write_text("x")
+    with pytest.raises(errors.OutputExists, match="not a directory"):
+        pull(http, ref="bot:1", directory=a_file, force=True)
+
+
+def test_pull_into_an_existing_empty_directory_keeps_that_directory(
+        http: HttpRegistry, settings, adapters_dir, tmp_path):
+    """An empty target (a fresh mount point, the current directory) is filled, not replaced."""
+    push(http, name="bot", directory=adapters_dir["modules_to_save"], settings=settings)
+    out = tmp_path / "mount"
+    out.mkdir()
+    inode = out.stat().st_ino
+    pull(http, ref="bot:1", directory=out)
+    assert out.stat().st_ino == inode
+    assert _tree_digest(out) == _tree_digest(adapters_dir["modules_to_save"])
+    assert _partials(out) == []
+
+
+@pytest.mark.parametrize("bad_path", ["adapter_config.json/x", "adapter_model\u202egnp.exe",
+                                      "ADAPTER_CONFIG.JSON", "x" * 300])
+def test_pull_refuses_a_stored_path_set_it_cannot_write(http: HttpRegistry, settings,
+                                                        adapters_dir, tmp_path, live_server,
+                                                        bad_path):
+    """A version recorded before today's path rules (or by a server that skipped them): the
+    client checks the whole set before it writes anything."""
+    from sqlalchemy import update
+
+    from registry.db.engine import session_scope
+    from registry.db.models import VersionFile
+
+    push(http, name="legacy", directory=adapters_dir["lora"], settings=settings)
+    with session_scope(live_server.context.sessions) as session:
+        session.execute(update(VersionFile).where(VersionFile.path == "adapter_model.safetensors")
+                        .values(path=bad_path))
+    work = tmp_path / "work"
+    work.mkdir()
+    with pytest.raises(errors.InvalidPath):
+        pull(http, ref="legacy:1", directory=work / "out")
+    assert list(work.iterdir()) == []

@@ -27,6 +27,7 @@ from registry.formats.adapter import (
     AdapterInspection,
     Limits,
     LocalDirAccess,
+    check_paths,
     inspect_adapter,
     list_local_files,
     normalize_path,
@@ -392,16 +393,67 @@ def test_clean_paths_unchanged(path: str) -> None:
         ("a\nb", "control character"),
         ("a\x7fb", "control character"),
         ("x" * 1025, "the limit is 1024"),
+        # Names a database accepts but no filesystem can hold, or that display as another name.
+        ("x" * 256, "256-byte name"),
+        ("sub/" + "é" * 128, "256-byte name"),
+        ("a\x85b", "control character"),  # C1: NEL
+        ("a\x9bb", "control character"),  # C1: CSI, starts terminal escape sequences
+        ("model\u202egnp.safetensors", "bidirectional"),  # right-to-left override
+        ("a\u202ab", "bidirectional"),
+        ("a\u2066b", "bidirectional"),  # left-to-right isolate
+        ("a\u2069b", "bidirectional"),
+        ("a\u200eb", "bidirectional"),  # left-to-right mark
+        ("a\u200fb", "bidirectional"),
+        ("a\u061cb", "bidirectional"),  # Arabic letter mark
     ],
 )
 def test_bad_paths(path: str, fragment: str) -> None:
     with pytest.raises(InvalidPath) as exc:
         normalize_path(path)
     assert fragment in str(exc.value)
+    assert not any(ch in str(exc.value) for ch in "\u202e\u202a\u2066\u2069\x85\x9b"), (
+        "the message must show the character escaped, not let it act")
 
 
 def test_path_at_length_limit_ok() -> None:
-    assert normalize_path("x" * 1024)
+    # 1024 characters, no name over 255 bytes.
+    path = "/".join(["x" * 255] * 3 + ["x" * 254, "x"])
+    assert len(path) == 1024 and normalize_path(path) is path
+    assert normalize_path("é" * 127 + "x") and normalize_path("x" * 255)
+
+
+@pytest.mark.parametrize(
+    ("paths", "fragment"),
+    [
+        (["x", "x/y"], "'x' is also a directory of 'x/y'"),
+        (["a/b/c.txt", "a/b"], "'a/b' is also a directory of 'a/b/c.txt'"),
+        (["README.md", "readme.md"], "differ only by case"),
+        (["Tokenizer/x.json", "tokenizer/x.json"], "differ only by case"),
+        (["X", "x/y"], "'X' is also a directory of 'x/y'"),  # collides on macOS too
+        (["caf\u00e9.txt", "cafe\u0301.txt"], "Unicode normalization"),  # NFC vs NFD
+        (["a.txt", "a.txt"], "listed twice"),
+        (["ok.txt", "../x"], "'..' segment"),
+    ],
+)
+def test_path_sets_that_cannot_be_checked_out(paths: list[str], fragment: str) -> None:
+    with pytest.raises(InvalidPath) as exc:
+        check_paths(paths)
+    assert fragment in str(exc.value)
+
+
+def test_path_sets_that_are_fine() -> None:
+    check_paths(["x/y", "x/z", "xy", "x.y/z", "Sub/a.txt", "Sub/b.txt"])
+    check_paths([])
+
+
+def test_inspect_adapter_refuses_a_set_that_cannot_be_checked_out(built: dict[str, Path]) -> None:
+    root = built["lora"]
+    files = {p: (root / p).read_bytes() for p in list_local_files(root)}
+    for extra in ({"notes": b"a", "notes/more": b"b"}, {"README": b"a", "readme": b"b"},
+                  {"n" * 300: b"a"}):
+        with pytest.raises(InvalidPath):
+            inspect_adapter(sorted({**files, **extra}), MemoryFiles({**files, **extra}),
+                            limits=LIMITS)
 
 
 def test_list_local_files_nested_sorted_skipping_git(tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from registry.errors import InvalidSafetensors, TooLarge
@@ -33,15 +33,20 @@ def entry(dtype: str, shape: list, begin: int, end: int) -> dict:
     return {"dtype": dtype, "shape": shape, "data_offsets": [begin, end]}
 
 
-def library_rejects(blob: bytes, tmp_path: Path) -> bool:
+def library_error(blob: bytes, tmp_path: Path) -> str | None:
+    """The safetensors library's own refusal of a file (its message), None if it loads.
+
+    Only the library's SafetensorError counts: anything else (an OSError writing the probe, a
+    bug in this helper) is not the library saying no, and propagates.
+    """
     path = tmp_path / "probe.safetensors"
     path.write_bytes(blob)
     try:
         with safe_open(path, framework="pt") as f:
             list(f.keys())
-    except Exception:
-        return True
-    return False
+    except SafetensorError as exc:
+        return str(exc)
+    return None
 
 
 # --- agreement with the library ------------------------------------------------------------
@@ -59,6 +64,10 @@ ROUND_TRIP_DTYPES = [
     torch.bool,
     torch.float8_e4m3fn,
     torch.float8_e5m2,
+    # Unsigned widths: a wrong element size for U16/U32/U64 shows only with these.
+    torch.uint16,
+    torch.uint32,
+    torch.uint64,
 ]
 
 
@@ -137,7 +146,7 @@ def test_unusual_dtypes_accepted_like_the_library(
 ) -> None:
     blob = build({"t": entry(dtype, shape, 0, nbytes)}, b"\0" * nbytes)
     assert parse(blob) == {"t": TensorInfo(dtype, tuple(shape))}
-    assert not library_rejects(blob, tmp_path)
+    assert library_error(blob, tmp_path) is None
 
 
 def test_tensor_info_json_round_trip() -> None:
@@ -202,6 +211,12 @@ INVALID_FILES = [
         "tensors 'a' and 'b' overlap",
     ),
     (
+        # One byte of overlap in a 1-byte dtype: an off-by-one in the overlap check lets it by.
+        "overlap-u8-one-byte",
+        build({"a": entry("U8", [2], 0, 2), "b": entry("U8", [2], 1, 3)}, b"\0" * 3),
+        "tensors 'a' and 'b' overlap",
+    ),
+    (
         "hole",
         build({"a": entry("F32", [1], 0, 4), "b": entry("F32", [1], 8, 12)}, b"\0" * 12),
         "data bytes [4, 8) are not covered",
@@ -213,15 +228,52 @@ INVALID_FILES = [
 ]
 
 
+# What the safetensors library (0.8) says about each of INVALID_FILES: it must refuse the file
+# for the same reason, not for another one (a probe that broke some other way would pass too).
+LIBRARY_ERRORS = {
+    "truncated-length": "header too small",
+    "header-longer-than-file": "invalid header length",
+    "not-utf8": "invalid UTF-8 in header",
+    "not-json": "invalid JSON in header",
+    "not-object": "expected struct HashMetadata",
+    "metadata-not-str": "invalid type: integer `1`, expected a string",
+    "metadata-list": "invalid type: sequence, expected a map",
+    "entry-not-object": "expected string or map",
+    "entry-missing-offsets": "missing field `data_offsets`",
+    "unknown-dtype": "unknown variant `F128`",
+    "dtype-not-str": "invalid type: integer `4`",
+    "negative-dim": "invalid value: integer `-2`, expected usize",
+    "float-dim": "invalid type: floating point `2.0`, expected usize",
+    "shape-not-list": "invalid type: integer `2`, expected a sequence",
+    "offsets-reversed": "invalid offset for tensor `t`",
+    "offsets-three": "invalid length 3, expected 2 elements",
+    "size-mismatch": "invalid shape, data type, or offset for tensor",
+    "out-of-range": "incomplete metadata, file not fully covered",
+    "overlap": "invalid offset for tensor `b`",
+    "overlap-u8-one-byte": "invalid offset for tensor `b`",
+    "hole": "invalid offset for tensor `b`",
+    "hole-at-start": "invalid offset for tensor `a`",
+    "trailing-bytes": "incomplete metadata, file not fully covered",
+    "data-without-tensors": "incomplete metadata, file not fully covered",
+    "f4-odd": "does not end up at a byte boundary",
+}
+
+
 @pytest.mark.parametrize(
-    ("blob", "fragment"), [c[1:] for c in INVALID_FILES], ids=[c[0] for c in INVALID_FILES]
+    ("case", "blob", "fragment"), INVALID_FILES, ids=[c[0] for c in INVALID_FILES]
 )
-def test_invalid_file_rejected(tmp_path: Path, blob: bytes, fragment: str) -> None:
+def test_invalid_file_rejected(tmp_path: Path, case: str, blob: bytes, fragment: str) -> None:
     with pytest.raises(InvalidSafetensors) as exc:
         parse(blob, name="adapter_model.safetensors")
     assert fragment in str(exc.value)
     assert str(exc.value).startswith("adapter_model.safetensors: ")
-    assert library_rejects(blob, tmp_path), "the safetensors library accepts this file"
+    error = library_error(blob, tmp_path)
+    assert error is not None, "the safetensors library accepts this file"
+    assert LIBRARY_ERRORS[case] in error, error
+
+
+def test_every_invalid_file_has_the_librarys_reason() -> None:
+    assert set(LIBRARY_ERRORS) == {c[0] for c in INVALID_FILES}
 
 
 def test_overlap_message_names_both_tensors_whatever_the_order() -> None:
