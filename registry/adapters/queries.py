@@ -9,7 +9,7 @@ from sqlalchemy.orm import Session, selectinload
 
 from registry.db.models import Adapter, AdapterVersion, EvalScore, Export, VersionFile
 from registry.errors import AdapterNotFound, VersionNotFound
-from registry.refs import Ref, refuse_alias, validate_name
+from registry.refs import validate_name
 
 
 def version_query() -> Select[AdapterVersion]:
@@ -22,6 +22,7 @@ def version_query() -> Select[AdapterVersion]:
         selectinload(AdapterVersion.verdicts),
         selectinload(AdapterVersion.exports).selectinload(Export.base_model),
         selectinload(AdapterVersion.scores).selectinload(EvalScore.base_model),
+        selectinload(AdapterVersion.aliases),
     )
 
 
@@ -56,16 +57,6 @@ def get_version(session: Session, *, name: str, version: int | None) -> AdapterV
             raise VersionNotFound(f"adapter {name!r} has no versions")
         raise VersionNotFound(f"no version {name}:{version}")
     return found
-
-
-def resolve_ref(session: Session, ref: Ref) -> AdapterVersion:
-    """Resolve a parsed reference to a version.
-
-    Raises:
-        AdapterNotFound, VersionNotFound, InvalidReference (aliases are not supported yet).
-    """
-    refuse_alias(ref)
-    return get_version(session, name=ref.name, version=ref.version)
 
 
 def list_versions(session: Session, *, name: str) -> Sequence[AdapterVersion]:

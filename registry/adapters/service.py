@@ -30,6 +30,7 @@ from registry.db.dialect import insert_ignore
 from registry.db.models import (
     Adapter,
     AdapterVersion,
+    Alias,
     BaseModelRow,
     EvalScore,
     Export,
@@ -227,6 +228,8 @@ def list_adapters(session: Session) -> list[AdapterOut]:
     rows = session.execute(
         select(Adapter, stats.c.latest, stats.c.count)
         .outerjoin(stats, stats.c.adapter_id == Adapter.id)
+        .options(selectinload(Adapter.aliases).selectinload(Alias.version)
+                 .load_only(AdapterVersion.version))
         .order_by(Adapter.name)
     ).all()
     return [
@@ -237,6 +240,7 @@ def list_adapters(session: Session) -> list[AdapterOut]:
             latest_version=latest,
             version_count=count or 0,
             created_at=a.created_at,
+            aliases={alias.name: alias.version.version for alias in a.aliases},
         )
         for a, latest, count in rows
     ]
@@ -275,6 +279,7 @@ def to_out(v: AdapterVersion) -> VersionOut:
         compatibility=compat.linked_verdict(v),
         exports=_exports(v),
         scores=_latest_scores(v),
+        aliases=[a.name for a in v.aliases],
     )
 
 

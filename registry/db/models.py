@@ -171,6 +171,8 @@ class Adapter(Base):
     versions: Mapped[list[AdapterVersion]] = relationship(
         back_populates="adapter", order_by="AdapterVersion.version"
     )
+    # Read by `list` (few per adapter); adapters never import lifecycle for it.
+    aliases: Mapped[list[Alias]] = relationship(viewonly=True, order_by="Alias.name")
 
 
 class AdapterVersion(Base):
@@ -224,6 +226,8 @@ class AdapterVersion(Base):
     exports: Mapped[list[Export]] = relationship(viewonly=True)
     # Read by the version object (few per version); domains never import each other for it.
     scores: Mapped[list[EvalScore]] = relationship(viewonly=True, order_by="EvalScore.id")
+    # The aliases pointing here, read by the version object like ``scores``.
+    aliases: Mapped[list[Alias]] = relationship(viewonly=True, order_by="Alias.name")
 
 
 class VersionFile(Base):

@@ -1,0 +1,72 @@
+"""Alias lookups: NAME@ALIAS to a version in one indexed query, and any REF to a version."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, joinedload
+
+from registry.adapters.queries import get_adapter, get_version, version_query
+from registry.db.models import Adapter, AdapterVersion, Alias
+from registry.errors import AliasNotFound
+from registry.refs import Ref, validate_alias, validate_name
+
+
+def resolve_alias(session: Session, *, name: str, alias: str) -> AdapterVersion:
+    """The version ``name@alias`` points at.
+
+    One statement finds it (``adapters.name`` and ``aliases (adapter_id, name)`` are unique
+    indexes); the version object's parts load as for any version.
+
+    Raises:
+        InvalidName, InvalidAlias, AdapterNotFound, AliasNotFound.
+    """
+    validate_name(name)
+    validate_alias(alias)
+    found = session.scalars(
+        version_query()
+        .join(Alias, Alias.version_id == AdapterVersion.id)
+        .join(Adapter, Adapter.id == Alias.adapter_id)
+        .where(Adapter.name == name, Alias.name == alias)
+    ).one_or_none()
+    if found is None:
+        get_adapter(session, name)  # AdapterNotFound when the adapter itself is missing
+        raise AliasNotFound(
+            f"no alias {alias!r} on adapter {name!r}; create it with: adapter-registry "
+            f"promote {name}:VERSION --alias {alias}"
+        )
+    return found
+
+
+def resolve_ref(session: Session, ref: Ref) -> AdapterVersion:
+    """The version a parsed reference names: ``NAME@ALIAS``, ``NAME:VERSION`` or ``NAME``.
+
+    Raises:
+        AdapterNotFound, VersionNotFound, AliasNotFound, InvalidAlias.
+    """
+    if ref.alias is not None:
+        return resolve_alias(session, name=ref.name, alias=ref.alias)
+    return get_version(session, name=ref.name, version=ref.version)
+
+
+def get_alias(session: Session, *, adapter_id: int, alias: str) -> Alias | None:
+    """The alias row of an adapter, or None."""
+    return session.scalars(
+        select(Alias).where(Alias.adapter_id == adapter_id, Alias.name == alias)
+    ).one_or_none()
+
+
+def list_aliases(session: Session, *, name: str) -> Sequence[Alias]:
+    """Every alias of adapter ``name``, by alias name, with the version each points at.
+
+    Raises:
+        InvalidName, AdapterNotFound.
+    """
+    adapter = get_adapter(session, name)
+    return session.scalars(
+        select(Alias)
+        .options(joinedload(Alias.version).load_only(AdapterVersion.version))
+        .where(Alias.adapter_id == adapter.id)
+        .order_by(Alias.name)
+    ).all()
