@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 
 from sqlalchemy import delete, exists, select
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session, sessionmaker, undefer
 
 from registry.db.base import utcnow
 from registry.db.dialect import insert_ignore
 from registry.db.engine import session_scope
 from registry.db.models import BaseModelFile, Blob, ExportFile, VersionFile
 from registry.errors import BlobNotFound, TooLarge
+from registry.formats.safetensors import ParsedHeader, TensorInfo
 from registry.storage import BlobStore, BlobWriter, parse_digest
 
 READ_CHUNK = 1024 * 1024
@@ -33,13 +35,14 @@ def size_stored(session: Session, *, size: int) -> bool:
 
 
 def blobs_for(session: Session, files: dict[str, str]) -> dict[str, Blob]:
-    """The recorded blob of every ``path -> digest``.
+    """The recorded blob of every ``path -> digest``, with what was parsed from each before.
 
     Raises:
         BlobNotFound: a digest was never uploaded (names the path).
     """
     digests = set(files.values())
-    found = {b.digest: b for b in session.scalars(select(Blob).where(Blob.digest.in_(digests)))}
+    found = {b.digest: b for b in session.scalars(
+        select(Blob).options(undefer(Blob.parsed)).where(Blob.digest.in_(digests)))}
     for path, digest in sorted(files.items()):
         if digest not in found:
             raise BlobNotFound(
@@ -49,8 +52,18 @@ def blobs_for(session: Session, files: dict[str, str]) -> dict[str, Blob]:
     return {path: found[digest] for path, digest in files.items()}
 
 
+# A file read whole up to this size (an adapter's config) is kept with its blob row as text.
+KEPT_TEXT_BYTES = 64 * 1024
+
+
 class BlobFiles:
-    """FileAccess over stored blobs, so server-side checks read only headers (range reads)."""
+    """FileAccess over stored blobs, so server-side checks read only headers (range reads).
+
+    A blob's content never changes, so what was parsed from it is kept with its row
+    (``Blob.parsed``; written in the caller's transaction): a validated safetensors header
+    (``KeepsHeaders``) and the text of a small file read whole. The next version that uses the
+    blob reads neither from the store: no range reads at all on S3.
+    """
 
     def __init__(self, store: BlobStore, files: dict[str, Blob]) -> None:
         self._store = store
@@ -60,7 +73,33 @@ class BlobFiles:
         return self._files[path].size
 
     def read(self, path: str, offset: int, length: int) -> bytes:
-        return self._store.read_range(self._files[path].digest, offset, length)
+        blob = self._files[path]
+        text = (blob.parsed or {}).get("text")
+        if isinstance(text, str):
+            return text.encode("utf-8")[offset:offset + length]
+        data = self._store.read_range(blob.digest, offset, length)
+        if offset == 0 and len(data) == blob.size <= KEPT_TEXT_BYTES:
+            # Not UTF-8 text: nothing is kept, it is read from the store each time (small).
+            with contextlib.suppress(UnicodeDecodeError):
+                self._keep(blob, "text", data.decode("utf-8"))
+        return data
+
+    def kept_header(self, path: str) -> ParsedHeader | None:
+        kept = (self._files[path].parsed or {}).get("safetensors")
+        if not isinstance(kept, dict):
+            return None
+        tensors = {n: TensorInfo.from_json(t) for n, t in kept["tensors"].items()}
+        return ParsedHeader(tensors, int(kept["header_bytes"]))
+
+    def keep_header(self, path: str, header: ParsedHeader) -> None:
+        self._keep(self._files[path], "safetensors", {
+            "header_bytes": header.header_bytes,
+            "tensors": {n: t.to_json() for n, t in header.tensors.items()},
+        })
+
+    @staticmethod
+    def _keep(blob: Blob, key: str, value: object) -> None:
+        blob.parsed = {**(blob.parsed or {}), key: value}  # a new dict: the ORM sees the change
 
 
 def record_blob(session: Session, *, digest: str, size: int) -> None:

@@ -90,6 +90,11 @@ class Blob(Base):
         Enum(BlobState, native_enum=False, length=8, create_constraint=True, name="blob_state"),
         default=BlobState.present, server_default=BlobState.present.value,
     )
+    # What the registry parsed from the content, kept because content never changes (migration
+    # 0008): {"safetensors": {"header_bytes", "tensors"}} once a header was validated, {"text"}
+    # for a small file read whole (a config). A version create then reads nothing from the
+    # store for blobs it has seen. Deferred: only registration loads it.
+    parsed: Mapped[dict[str, Any] | None] = mapped_column(JSON, deferred=True)
 
 
 class BaseModelRow(Base):
