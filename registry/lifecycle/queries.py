@@ -29,7 +29,7 @@ def resolve_alias(session: Session, *, name: str, alias: str) -> AdapterVersion:
         .join(Alias, Alias.version_id == AdapterVersion.id)
         .join(Adapter, Adapter.id == Alias.adapter_id)
         .where(Adapter.name == name, Alias.name == alias)
-    ).one_or_none()
+    ).unique().one_or_none()
     if found is None:
         get_adapter(session, name)  # AdapterNotFound when the adapter itself is missing
         raise AliasNotFound(
@@ -51,9 +51,10 @@ def resolve_ref(session: Session, ref: Ref) -> AdapterVersion:
 
 
 def get_alias(session: Session, *, adapter_id: int, alias: str) -> Alias | None:
-    """The alias row of an adapter, or None."""
+    """The alias row of an adapter with the version it points at (one query), or None."""
     return session.scalars(
-        select(Alias).where(Alias.adapter_id == adapter_id, Alias.name == alias)
+        select(Alias).options(joinedload(Alias.version))
+        .where(Alias.adapter_id == adapter_id, Alias.name == alias)
     ).one_or_none()
 
 

@@ -113,11 +113,13 @@ def version_in(session: Session, adapter: Adapter, spec: VersionSpec) -> Adapter
     return found
 
 
-def _record(session: Session, *, adapter: Adapter, alias: str, action: AliasAction,
-            old: AdapterVersion | None, new: AdapterVersion | None, actor: str | None,
-            reason: str | None, gates: list[GateOut], event_type: str) -> None:
+def _record(session: Session, *, adapter: Adapter, alias: str, row: Alias | None,
+            action: AliasAction, old: AdapterVersion | None, new: AdapterVersion | None,
+            actor: str | None, reason: str | None, gates: list[GateOut],
+            event_type: str) -> None:
+    """Move the alias row (``row``: as read under the lock) and append the history entry and
+    the event."""
     now = utcnow()
-    row = get_alias(session, adapter_id=adapter.id, alias=alias)
     if new is None:
         if row is not None:
             session.delete(row)
@@ -125,7 +127,7 @@ def _record(session: Session, *, adapter: Adapter, alias: str, action: AliasActi
         session.add(Alias(adapter_id=adapter.id, name=alias, version_id=new.id,
                           updated_at=now, updated_by=actor))
     else:
-        row.version_id, row.updated_at, row.updated_by = new.id, now, actor
+        row.version, row.updated_at, row.updated_by = new, now, actor
     gate_json = [g.model_dump() for g in gates]
     about = new if new is not None else old
     session.add(AliasEvent(adapter_id=adapter.id, alias=alias, action=action,
@@ -174,7 +176,7 @@ def promote(session: Session, *, name: str, alias: str, version: VersionSpec,
     target = version_in(session, adapter, version)
     _check_movable(adapter, target)
     row = get_alias(session, adapter_id=adapter.id, alias=alias)
-    holder = session.get_one(AdapterVersion, row.version_id) if row is not None else None
+    holder = row.version if row is not None else None
     if expect_current is not None:
         expected = None if expect_current == "none" else int(expect_current)
         now_at = holder.version if holder is not None else None
@@ -195,7 +197,8 @@ def promote(session: Session, *, name: str, alias: str, version: VersionSpec,
     if failed and not force:
         raise GateFailed(gate_rules.failure_message(gates))
     action = AliasAction.force if force else AliasAction.promote
-    _record(session, adapter=adapter, alias=alias, action=action, old=holder, new=target,
+    _record(session, adapter=adapter, alias=alias, row=row, action=action, old=holder,
+            new=target,
             actor=actor, reason=reason, gates=gates, event_type=event_types.ALIAS_PROMOTED)
     return PromoteOut(name=adapter.name, alias=alias, version=target.version,
                       previous=holder.version if holder is not None else None, gates=gates,
@@ -255,7 +258,7 @@ def rollback(session: Session, *, name: str, alias: str, to: VersionSpec | None 
     if row is None:
         raise AliasNotFound(f"no alias {alias!r} on adapter {adapter.name!r}: nothing to roll "
                             "back")
-    current = session.get_one(AdapterVersion, row.version_id)
+    current = row.version
     if to is None:
         target = _previous_holder(session, adapter=adapter, alias=alias, current=current)
     else:
@@ -271,8 +274,8 @@ def rollback(session: Session, *, name: str, alias: str, to: VersionSpec | None 
                 f"it instead: adapter-registry promote {adapter.name}:{target.version} "
                 f"--alias {alias}"
             )
-    _record(session, adapter=adapter, alias=alias, action=AliasAction.rollback, old=current,
-            new=target, actor=actor, reason=reason, gates=[],
+    _record(session, adapter=adapter, alias=alias, row=row, action=AliasAction.rollback,
+            old=current, new=target, actor=actor, reason=reason, gates=[],
             event_type=event_types.ALIAS_ROLLED_BACK)
     return RollbackOut(name=adapter.name, alias=alias, version=target.version,
                        previous=current.version)
@@ -296,9 +299,9 @@ def delete_alias(session: Session, *, name: str, alias: str, actor: str | None =
             f"{adapter.name}@{alias} is protected by its promotion policy and cannot be "
             "deleted; set the policy without --protected first"
         )
-    current = session.get_one(AdapterVersion, row.version_id)
-    _record(session, adapter=adapter, alias=alias, action=AliasAction.delete, old=current,
-            new=None, actor=actor, reason=reason, gates=[],
+    current = row.version
+    _record(session, adapter=adapter, alias=alias, row=row, action=AliasAction.delete,
+            old=current, new=None, actor=actor, reason=reason, gates=[],
             event_type=event_types.ALIAS_DELETED)
     return AliasDeletedOut(name=adapter.name, alias=alias, previous=current.version)
 
