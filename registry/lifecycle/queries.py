@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session, joinedload
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, aliased, joinedload
 
 from registry.adapters.queries import get_adapter, get_version, version_query
-from registry.db.models import Adapter, AdapterVersion, Alias
+from registry.db.models import Adapter, AdapterVersion, Alias, Compatibility, EvalScore, Export
 from registry.errors import AliasNotFound
 from registry.refs import Ref, validate_alias, validate_name
 
@@ -71,3 +72,37 @@ def list_aliases(session: Session, *, name: str) -> Sequence[Alias]:
         .where(Alias.adapter_id == adapter.id)
         .order_by(Alias.name)
     ).all()
+
+
+def alias_stamp(session: Session, *, name: str, alias: str) -> tuple[object, ...] | None:
+    """What ``name@alias`` points at and everything about that version object that can
+    change, in one statement; None when the alias (or the adapter) does not exist.
+
+    A version's files, parent, link and names never change; its status, scores, verdicts,
+    exports and aliases may. Equal stamps mean equal version objects, so a process may serve a
+    version object it built before for the same stamp (``cache.VersionObjects``): every request
+    still asks the database, so no replica serves a stale one.
+    """
+    vid = AdapterVersion.id
+    held = aliased(Alias)  # every alias on the version, not only the one resolved
+    def scalar(column: Any, where: Any) -> Any:
+        return select(column).where(where).scalar_subquery()
+
+    stmt = (
+        select(
+            vid,
+            AdapterVersion.status,
+            scalar(func.max(EvalScore.id), EvalScore.adapter_version_id == vid),
+            scalar(func.max(Export.id), Export.adapter_version_id == vid),
+            scalar(func.count(Compatibility.id), Compatibility.adapter_version_id == vid),
+            scalar(func.max(Compatibility.checked_at), Compatibility.adapter_version_id == vid),
+            scalar(func.count(held.id), held.version_id == vid),
+            scalar(func.max(held.updated_at), held.version_id == vid),
+        )
+        .select_from(Alias)
+        .join(Adapter, Adapter.id == Alias.adapter_id)
+        .join(AdapterVersion, vid == Alias.version_id)
+        .where(Adapter.name == name, Alias.name == alias)
+    )
+    row = session.execute(stmt).one_or_none()
+    return tuple(row) if row is not None else None

@@ -5,13 +5,18 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query, Response
+from fastapi import APIRouter, Path, Query, Request, Response
+from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from registry.adapters.queries import get_version
 from registry.adapters.schemas import VersionOut
 from registry.adapters.service import to_out
-from registry.api.deps import AdapterName, SessionDep, VersionNumber
+from registry.api.deps import AdapterName, SessionDep, VersionNumber, get_context
+from registry.context import RegistryContext
+from registry.db.engine import session_scope
 from registry.lifecycle import policies, queries, service
+from registry.lifecycle.cache import VersionObjects
 from registry.lifecycle.schemas import (
     AliasChangeIn,
     AliasDeletedOut,
@@ -42,21 +47,67 @@ def list_aliases(name: AdapterName, session: SessionDep) -> list[AliasOut]:
     return service.list_aliases(session, name=name)
 
 
+def version_objects(request: Request) -> VersionObjects:
+    """The app's cache of version objects by stamp (see registry/lifecycle/cache.py)."""
+    cache: VersionObjects | None = getattr(request.app.state, "version_objects", None)
+    if cache is None:
+        cache = request.app.state.version_objects = VersionObjects()
+    return cache
+
+
+def _cached(ctx: RegistryContext, cache: VersionObjects, name: str, alias: str) -> bytes | None:
+    """A hit needs one statement; on PostgreSQL it runs outside a transaction (autocommit),
+    sparing the BEGIN and COMMIT round trips. (SQLite's connections begin IMMEDIATE.)"""
+    if ctx.engine.dialect.name != "postgresql":
+        return None
+    with (ctx.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn,
+          Session(bind=conn) as session):
+        stamp = queries.alias_stamp(session, name=name, alias=alias)
+        return cache.get(stamp) if stamp is not None else None
+
+
+def _version_json(ctx: RegistryContext, cache: VersionObjects, name: str, alias: str) -> bytes:
+    hit = _cached(ctx, cache, name, alias)
+    if hit is not None:
+        return hit
+    with session_scope(ctx.sessions) as session:
+        stamp = queries.alias_stamp(session, name=name, alias=alias)
+        body = cache.get(stamp) if stamp is not None else None
+        if body is not None:
+            return body
+        # Not seen in this state (or no such alias: resolve_alias says which).
+        body = to_out(queries.resolve_alias(session, name=name, alias=alias)).model_dump_json()\
+            .encode()
+        # Kept only if nothing committed in between (each statement sees the latest commits).
+        if stamp is not None and queries.alias_stamp(session, name=name, alias=alias) == stamp:
+            cache.put(stamp, body)
+        return body
+
+
 @router.get("/{name:path}/aliases/{alias}", response_model=VersionOut)
-def resolve_alias(name: AdapterName, alias: AliasName, session: SessionDep) -> VersionOut:
-    """The version ``NAME@ALIAS`` points at (the same object as ``show --json``)."""
-    return to_out(queries.resolve_alias(session, name=name, alias=alias))
+async def resolve_alias(name: AdapterName, alias: AliasName, request: Request) -> Response:
+    """The version ``NAME@ALIAS`` points at (the same object as ``show --json``).
+
+    What serving fleets call all day, so it takes one thread hop for all its database work
+    (its own session scope, read-only) instead of one per dependency and one for the answer;
+    the answer is the cached JSON when the version object's stamp is unchanged.
+    """
+    body = await run_in_threadpool(_version_json, get_context(request),
+                                   version_objects(request), name, alias)
+    return Response(body, media_type="application/json")
 
 
 @router.put("/{name:path}/aliases/{alias}", response_model=PromoteOut)
 def promote(name: AdapterName, alias: AliasName, body: PromoteIn,
-            session: SessionDep) -> PromoteOut:
+            session: SessionDep) -> Response:
     """Move (or create) the alias through the gates; 422 ``gate_failed`` changes nothing."""
     if body.force:
         authorize_force(body)
-    return service.promote(session, name=name, alias=alias, version=body.version,
-                           actor=body.actor, reason=body.reason,
-                           expect_current=body.expect_current, force=body.force)
+    out = service.promote(session, name=name, alias=alias, version=body.version,
+                          actor=body.actor, reason=body.reason,
+                          expect_current=body.expect_current, force=body.force)
+    # Serialised here: FastAPI would validate the model again, on another thread hop.
+    return Response(out.model_dump_json(), media_type="application/json")
 
 
 @router.post("/{name:path}/aliases/{alias}/rollback", response_model=RollbackOut)

@@ -379,3 +379,25 @@ def test_concurrent_promotions_serialise(http, settings: Settings, adapters_dir)
     assert sorted(e.actor for e in chain) == sorted(f"ci-{v}" for v in range(1, 17))
     events = http.list_events(types=("alias.promoted",)).events
     assert [e.version for e in events] == [e.to_version for e in chain]
+
+
+def test_resolve_serves_the_current_version_object(http, settings: Settings, adapters_dir):
+    """The server keeps version objects by stamp; every change to one shows at once."""
+    first = push(http, name="bot", directory=adapters_dir["lora"], settings=settings)
+    files = {f.path: f.digest for f in first.version.files}
+    http.create_version("bot", CreateVersionIn(files=files))
+    promote(http, 1)
+    assert http.resolve_alias("bot", "production") == http.get_version("bot", 1)
+    assert http.resolve_alias("bot", "production") == http.get_version("bot", 1)  # a hit
+    http.record_scores("bot", 1, RecordScoresIn(suite="s", scores={"accuracy": 0.5}))
+    assert [s.value for s in http.resolve_alias("bot", "production").scores] == [0.5]
+    promote(http, 1, alias="staging")
+    assert http.resolve_alias("bot", "production").aliases == ["production", "staging"]
+    set_status(settings, "bot", 1, "validated")
+    assert http.resolve_alias("bot", "production").status == "validated"
+    promote(http, 2)
+    assert http.resolve_alias("bot", "production") == http.get_version("bot", 2)
+    http.delete_alias("bot", "staging", AliasChangeIn())
+    promote(http, 1)
+    assert http.resolve_alias("bot", "production") == http.get_version("bot", 1)
+    assert http.resolve_alias("bot", "production").aliases == ["production"]
