@@ -1,7 +1,7 @@
 """Run every benchmark: ``python -m bench.run_all [--size-mib 1024] [--count 1000] [--quick]``.
 
-Results go to bench/results/: transfer_<size>mib.json, register.json, compat.json, export.json.
-Exit status 1 if a target failed (the register benchmark only reports numbers).
+Results go to bench/results/: transfer_<size>mib.json, register.json, compat.json, export.json,
+lifecycle.json. Exit status 1 if a target failed (the register benchmark only reports numbers).
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from bench import bench_compat, bench_export, bench_register, bench_transfer
+from bench import bench_compat, bench_export, bench_lifecycle, bench_register, bench_transfer
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,9 +29,13 @@ def main(argv: list[str] | None = None) -> int:
     bench_register.run(args.count, args.push_count, args.backends.split(","))
     bench_compat.main(["--versions", "1000" if args.quick else "10000"])
     export_ok = bench_export.main(["--small"] if args.quick else ["--repeats", "2"]) == 0
-    for name, ok in transfer["targets"].items():
+    lifecycle = bench_lifecycle.run(100 if args.quick else args.count,
+                                    200 if args.quick else 2000,
+                                    100 if args.quick else 1000, 50, None)
+    targets = {**transfer["targets"], **lifecycle["targets_met"]}
+    for name, ok in targets.items():
         print(f"{'PASS' if ok else 'FAIL'}  {name}")
-    return 0 if transfer["pass"] and export_ok else 1
+    return 0 if transfer["pass"] and export_ok and all(lifecycle["targets_met"].values()) else 1
 
 
 if __name__ == "__main__":

@@ -25,7 +25,8 @@ def _parse_meta(pairs: tuple[str, ...]) -> dict[str, str]:
 @click.argument("name")
 @click.argument("directory", type=click.Path(path_type=Path))
 @click.option("--base", "base_model", default=None, help="Base model name.")
-@click.option("--parent", default=None, help="Parent version, NAME:VERSION (lineage).")
+@click.option("--parent", default=None,
+              help="Parent version, NAME:VERSION or NAME@ALIAS (lineage records the version).")
 @click.option("--meta", "meta", multiple=True, metavar="KEY=VALUE",
               help="Training metadata; repeatable.")
 @click.option("--idempotency-key", default=None,
@@ -76,7 +77,7 @@ def push(state: CliState, name: str, directory: Path, base_model: str | None,
 @pass_state
 def pull(state: CliState, ref: str, directory: Path, export_base: str | None,
          export_dtype: str | None, force: bool) -> None:
-    """Write the files of REF (NAME or NAME:VERSION) into DIRECTORY, verified.
+    """Write the files of REF (NAME, NAME:VERSION or NAME@ALIAS) into DIRECTORY, verified.
 
     DIRECTORY must not exist or be empty, unless --force. Files are downloaded into a hidden
     staging directory and installed only once every one matched its digest: a failed pull
@@ -139,8 +140,9 @@ def list_cmd(state: CliState, name: str | None) -> None:
             if not adapters:
                 click.echo("no adapters")
             for a in adapters:
+                aliases = " ".join(f"{k}={v}" for k, v in sorted(a.aliases.items()))
                 click.echo(f"{a.name}\tlatest={a.latest_version}\tversions={a.version_count}"
-                           f"\t{a.task_type or '-'}")
+                           f"\t{a.task_type or '-'}" + (f"\t{aliases}" if aliases else ""))
 
         state.emit([a.model_dump(mode="json") for a in adapters], human_adapters)
         return
@@ -149,14 +151,17 @@ def list_cmd(state: CliState, name: str | None) -> None:
 
     def human_versions() -> None:
         for v in versions:
+            aliases = f"\t@{',@'.join(v.aliases)}" if v.aliases else ""
             click.echo(f"{v.ref}\t{v.status}\t{v.peft_type}\tr={v.r}\t"
-                       f"base={v.base_model or '-'}\t{v.created_at:%Y-%m-%d %H:%M}")
+                       f"base={v.base_model or '-'}\t{v.created_at:%Y-%m-%d %H:%M}{aliases}")
 
     state.emit([v.model_dump(mode="json") for v in versions], human_versions)
 
 
 def _describe(v: VersionOut) -> None:
     click.echo(f"{v.ref}  [{v.status}]")
+    if v.aliases:
+        click.echo(f"  aliases:      {', '.join(f'{v.name}@{a}' for a in v.aliases)}")
     click.echo(f"  peft_type:    {v.peft_type}  task: {v.task_type or '-'}  r={v.r} "
                f"alpha={v.lora_alpha}")
     click.echo(f"  targets:      {v.target_modules}")
@@ -185,7 +190,7 @@ def _export_line(e: ExportSummaryOut) -> str:
 @click.argument("ref")
 @pass_state
 def show(state: CliState, ref: str) -> None:
-    """Show one version: REF is NAME (latest) or NAME:VERSION."""
+    """Show one version: REF is NAME (latest), NAME:VERSION or NAME@ALIAS."""
     from registry.clientside.transfer import resolve
 
     version = resolve(state.backend(), ref)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import click
 
 from cli.output import CliState, fail, pass_state
+from registry.backend import RegistryBackend
 from registry.compat.schemas import VerdictOut
-from registry.refs import parse_ref, refuse_alias
+from registry.refs import parse_ref
 
 
 def _print_verdict(v: VerdictOut) -> None:
@@ -40,13 +41,13 @@ def compat(state: CliState, ref: str | None, base_name: str | None,
     if ref is None and base_name is None:
         fail("give REF, --base B, or both")
     if ref is not None:
-        parsed = refuse_alias(parse_ref(ref))
+        name, version = _name_version(backend, ref)
         if base_name is not None:
-            verdict = backend.compat_verdict(parsed.name, parsed.version, base=base_name,
+            verdict = backend.compat_verdict(name, version, base=base_name,
                                              base_revision=base_revision)
             state.emit(verdict.model_dump(mode="json"), lambda: _print_verdict(verdict))
             return
-        found = backend.compatible_bases(parsed.name, parsed.version)
+        found = backend.compatible_bases(name, version)
         state.emit([b.model_dump(mode="json") for b in found],
                    lambda: _print_list([f"{b.name}@{b.revision}" for b in found],
                                        "no compatible base model"))
@@ -55,6 +56,15 @@ def compat(state: CliState, ref: str | None, base_name: str | None,
     state.emit([v.model_dump(mode="json") for v in versions],
                lambda: _print_list([f"{v.name}:{v.version}" for v in versions],
                                    "no compatible adapter version"))
+
+
+def _name_version(backend: RegistryBackend, ref: str) -> tuple[str, int | None]:
+    """NAME and VERSION (None: latest) of a REF; an alias is resolved to its version first."""
+    parsed = parse_ref(ref)
+    if parsed.alias is None:
+        return parsed.name, parsed.version
+    found = backend.resolve_alias(parsed.name, parsed.alias)
+    return found.name, found.version
 
 
 def _print_list(lines: list[str], empty: str) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 import click
 from pydantic import ValidationError
 
-from cli import adapters, base, compat, db, evals, export, gc, server
+from cli import adapters, base, compat, db, evals, export, gc, lifecycle, server
 from cli.output import CliState, exit_code_for, fail
 from registry import __version__, errors
 from registry.clientside.process import exit_process
@@ -50,7 +50,8 @@ class RegistryGroup(click.Group):
 @click.version_option(__version__, prog_name="adapter-registry")
 @click.pass_context
 def cli(ctx: click.Context, url: str | None, token: str | None, as_json: bool) -> None:
-    """Keep LLM fine-tuning adapters: base models, versions, compatibility, merged exports.
+    """Keep LLM fine-tuning adapters: base models, versions, compatibility, merged exports,
+    aliases with gated promotion and rollback.
 
     Every command exits 0 on success and non-zero with one line on stderr otherwise (1 invalid
     input, 3 not found, 4 conflict, 5 unavailable, 6 a check said no). --json works before or
@@ -74,6 +75,12 @@ cli.add_command(compat.compat)
 cli.add_command(export.export)
 cli.add_command(evals.eval_group)
 cli.add_command(evals.evals)
+cli.add_command(lifecycle.promote)
+cli.add_command(lifecycle.rollback)
+cli.add_command(lifecycle.history)
+cli.add_command(lifecycle.archive)
+cli.add_command(lifecycle.alias_group)
+cli.add_command(lifecycle.policy_group)
 
 
 def main() -> None:

@@ -31,6 +31,19 @@ from registry.evals.metrics import check_metric
 from registry.evals.schemas import RecordScoresIn
 from registry.events.schemas import EventPageOut
 from registry.exports.schemas import CreateExportIn, ExportOut
+from registry.lifecycle.schemas import (
+    AliasChangeIn,
+    AliasDeletedOut,
+    AliasOut,
+    HistoryEntryOut,
+    PolicyIn,
+    PolicyOut,
+    PromoteIn,
+    PromoteOut,
+    RollbackIn,
+    RollbackOut,
+)
+from registry.refs import validate_alias
 from registry.storage import parse_digest
 from registry.storage.sink import BackgroundSha256
 
@@ -335,6 +348,70 @@ class HttpRegistry:
             params["adapter"] = adapter
         response = self._request("GET", "/api/v1/events", params=params)
         return EventPageOut.model_validate(response.json())
+
+    # An alias goes into the URL path: checked here so a malformed one (a '/') gets the same
+    # InvalidAlias as from the embedded registry, not a route that does not exist.
+
+    def resolve_alias(self, name: str, alias: str) -> VersionOut:
+        validate_alias(alias)
+        response = self._request("GET", f"/api/v1/adapters/{name}/aliases/{alias}")
+        return VersionOut.model_validate(response.json())
+
+    def list_aliases(self, name: str) -> list[AliasOut]:
+        response = self._request("GET", f"/api/v1/adapters/{name}/aliases")
+        return [AliasOut.model_validate(a) for a in response.json()]
+
+    def promote(self, name: str, alias: str, body: PromoteIn) -> PromoteOut:
+        validate_alias(alias)
+        response = self._request("PUT", f"/api/v1/adapters/{name}/aliases/{alias}",
+                                 json=body.model_dump(mode="json"))
+        return PromoteOut.model_validate(response.json())
+
+    def rollback(self, name: str, alias: str, body: RollbackIn) -> RollbackOut:
+        validate_alias(alias)
+        response = self._request("POST", f"/api/v1/adapters/{name}/aliases/{alias}/rollback",
+                                 json=body.model_dump(mode="json"))
+        return RollbackOut.model_validate(response.json())
+
+    def delete_alias(self, name: str, alias: str, body: AliasChangeIn) -> AliasDeletedOut:
+        validate_alias(alias)
+        response = self._request("DELETE", f"/api/v1/adapters/{name}/aliases/{alias}",
+                                 json=body.model_dump(mode="json"))
+        return AliasDeletedOut.model_validate(response.json())
+
+    def history(self, name: str, *, alias: str | None = None,
+                limit: int | None = None) -> list[HistoryEntryOut]:
+        params: dict[str, Any] = {}
+        if alias is not None:
+            params["alias"] = alias
+        if limit is not None:
+            params["limit"] = limit
+        response = self._request("GET", f"/api/v1/adapters/{name}/history", params=params)
+        return [HistoryEntryOut.model_validate(e) for e in response.json()]
+
+    def archive(self, name: str, version: int, body: AliasChangeIn) -> VersionOut:
+        response = self._request("POST", f"/api/v1/adapters/{name}/versions/{version}/archive",
+                                 json=body.model_dump(mode="json"))
+        return VersionOut.model_validate(response.json())
+
+    def _policy_path(self, name: str | None, alias: str) -> str:
+        validate_alias(alias)
+        if name is None:
+            return f"/api/v1/policies/{alias}"
+        return f"/api/v1/adapters/{name}/policies/{alias}"
+
+    def set_policy(self, name: str | None, alias: str, body: PolicyIn) -> PolicyOut:
+        response = self._request("PUT", self._policy_path(name, alias),
+                                 json=body.model_dump(mode="json"))
+        return PolicyOut.model_validate(response.json())
+
+    def delete_policy(self, name: str | None, alias: str) -> None:
+        self._request("DELETE", self._policy_path(name, alias))
+
+    def list_policies(self, name: str | None) -> list[PolicyOut]:
+        path = "/api/v1/policies" if name is None else f"/api/v1/adapters/{name}/policies"
+        response = self._request("GET", path)
+        return [PolicyOut.model_validate(p) for p in response.json()]
 
     def close(self) -> None:
         self._http.close()

@@ -42,6 +42,12 @@ class InvalidReference(InvalidInput):
     code = "invalid_reference"
 
 
+class InvalidAlias(InvalidInput):
+    """Invalid alias name: a lowercase letter, then lowercase letters, digits or '-' (<= 63)."""
+
+    code = "invalid_alias"
+
+
 class InvalidPath(InvalidInput):
     """Invalid file path inside an adapter."""
 
@@ -202,6 +208,18 @@ class BaseModelNotFound(NotFound):
     code = "base_model_not_found"
 
 
+class AliasNotFound(NotFound):
+    """No such alias."""
+
+    code = "alias_not_found"
+
+
+class PolicyNotFound(NotFound):
+    """No such promotion policy."""
+
+    code = "policy_not_found"
+
+
 # --- 409: the request contradicts what is stored ---------------------------------------------
 
 
@@ -224,6 +242,36 @@ class IdempotencyConflict(Conflict):
     code = "idempotency_conflict"
 
 
+class AliasMoved(Conflict):
+    """The alias does not point where --expect-current said (it moved meanwhile)."""
+
+    code = "alias_moved"
+
+
+class VersionArchived(Conflict):
+    """The version is archived: it can no longer be promoted or rolled back to."""
+
+    code = "version_archived"
+
+
+class VersionAliased(Conflict):
+    """An alias points at this version; move or delete the alias first."""
+
+    code = "version_aliased"
+
+
+class NoRollbackTarget(Conflict):
+    """There is no earlier version of this alias to roll back to."""
+
+    code = "no_rollback_target"
+
+
+class AliasProtected(Conflict):
+    """The alias is protected by its promotion policy."""
+
+    code = "alias_protected"
+
+
 # --- 422 (exit 6): a check said no ------------------------------------------------------------
 
 
@@ -232,6 +280,12 @@ class CheckFailed(RegistryError):
 
     status_code = 422
     code = "check_failed"
+
+
+class GateFailed(CheckFailed):
+    """A promotion gate failed; nothing was changed."""
+
+    code = "gate_failed"
 
 
 # --- 5xx: the registry's own dependencies ------------------------------------------------------

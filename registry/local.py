@@ -35,6 +35,21 @@ from registry.events.schemas import EventPageOut
 from registry.exports import service as exports
 from registry.exports.schemas import EMBEDDED, CreateExportIn, ExportOut
 from registry.formats.sources import SourceAllowlist
+from registry.lifecycle import policies
+from registry.lifecycle import queries as lifecycle_queries
+from registry.lifecycle import service as lifecycle
+from registry.lifecycle.schemas import (
+    AliasChangeIn,
+    AliasDeletedOut,
+    AliasOut,
+    HistoryEntryOut,
+    PolicyIn,
+    PolicyOut,
+    PromoteIn,
+    PromoteOut,
+    RollbackIn,
+    RollbackOut,
+)
 from registry.storage.local import LocalBlobStore
 
 
@@ -183,6 +198,55 @@ class LocalRegistry:
         with session_scope(self.ctx.sessions) as session:
             return events.page(session, after=after, limit=limit, types=types,
                                adapter=adapter)
+
+    def resolve_alias(self, name: str, alias: str) -> VersionOut:
+        with session_scope(self.ctx.sessions) as session:
+            return adapters.to_out(
+                lifecycle_queries.resolve_alias(session, name=name, alias=alias))
+
+    def list_aliases(self, name: str) -> list[AliasOut]:
+        with session_scope(self.ctx.sessions) as session:
+            return lifecycle.list_aliases(session, name=name)
+
+    def promote(self, name: str, alias: str, body: PromoteIn) -> PromoteOut:
+        with session_scope(self.ctx.sessions) as session:
+            return lifecycle.promote(session, name=name, alias=alias, version=body.version,
+                                     actor=body.actor, reason=body.reason,
+                                     expect_current=body.expect_current, force=body.force)
+
+    def rollback(self, name: str, alias: str, body: RollbackIn) -> RollbackOut:
+        with session_scope(self.ctx.sessions) as session:
+            return lifecycle.rollback(session, name=name, alias=alias, to=body.to,
+                                      actor=body.actor, reason=body.reason)
+
+    def delete_alias(self, name: str, alias: str, body: AliasChangeIn) -> AliasDeletedOut:
+        with session_scope(self.ctx.sessions) as session:
+            return lifecycle.delete_alias(session, name=name, alias=alias, actor=body.actor,
+                                          reason=body.reason)
+
+    def history(self, name: str, *, alias: str | None = None,
+                limit: int | None = None) -> list[HistoryEntryOut]:
+        with session_scope(self.ctx.sessions) as session:
+            return lifecycle.history(session, name=name, alias=alias, limit=limit)
+
+    def archive(self, name: str, version: int, body: AliasChangeIn) -> VersionOut:
+        with session_scope(self.ctx.sessions) as session:
+            lifecycle.archive(session, name=name, version=version, actor=body.actor,
+                              reason=body.reason)
+            return adapters.to_out(adapter_queries.get_version(session, name=name,
+                                                               version=version))
+
+    def set_policy(self, name: str | None, alias: str, body: PolicyIn) -> PolicyOut:
+        with session_scope(self.ctx.sessions) as session:
+            return policies.set_policy(session, name=name, alias=alias, body=body)
+
+    def delete_policy(self, name: str | None, alias: str) -> None:
+        with session_scope(self.ctx.sessions) as session:
+            policies.delete_policy(session, name=name, alias=alias)
+
+    def list_policies(self, name: str | None) -> list[PolicyOut]:
+        with session_scope(self.ctx.sessions) as session:
+            return policies.list_policies(session, name=name)
 
     def close(self) -> None:
         self.ctx.close()

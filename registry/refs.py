@@ -5,11 +5,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from registry.errors import InvalidName, InvalidReference
+from registry.errors import InvalidAlias, InvalidName, InvalidReference
 
 _SEGMENT = r"[a-z0-9][a-z0-9._-]*"
 NAME_RE = re.compile(rf"^{_SEGMENT}(?:/{_SEGMENT})?$")
-ALIAS_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
+# Short, URL- and shell-safe, never a number (so NAME@3 cannot be mistaken for a version).
+ALIAS_RE = re.compile(r"[a-z][a-z0-9-]{0,62}")
 MAX_NAME_LENGTH = 200
 # The same rule as a JSON-schema pattern, for OpenAPI (documented only: the registry's own
 # checks answer invalid_name). A name segment never holds "..": every dot is followed by
@@ -43,6 +44,25 @@ def validate_name(name: str, *, what: str = "adapter name") -> str:
     return name
 
 
+def validate_alias(alias: str) -> str:
+    """Check an alias name (``production``, ``staging``, ``canary-2``).
+
+    Returns:
+        The alias, unchanged.
+
+    Raises:
+        InvalidAlias: not a lowercase letter followed by up to 62 lowercase letters, digits or
+            ``-``.
+    """
+    if not isinstance(alias, str) or not ALIAS_RE.fullmatch(alias):
+        shown = alias if isinstance(alias, str) and len(alias) <= 80 else f"{str(alias)[:80]}…"
+        raise InvalidAlias(
+            f"invalid alias {shown!r}: a lowercase letter, then lowercase letters, digits or "
+            "'-' (at most 63 characters)"
+        )
+    return alias
+
+
 @dataclass(frozen=True)
 class Ref:
     """A parsed reference; ``version`` and ``alias`` are both None for "latest"."""
@@ -70,8 +90,11 @@ def parse_ref(ref: str) -> Ref:
     try:
         if "@" in ref:
             name, alias = ref.split("@", 1)
-            if not ALIAS_RE.match(alias) or len(alias) > 100:
-                raise InvalidReference(f"invalid alias in reference {ref!r}")
+            if not ALIAS_RE.fullmatch(alias):
+                raise InvalidReference(
+                    f"invalid alias in reference {ref[:120]!r}: a lowercase letter, then "
+                    "lowercase letters, digits or '-' (at most 63 characters)"
+                )
             return Ref(validate_name(name), alias=alias)
         if ":" in ref:
             name, version = ref.split(":", 1)
@@ -83,19 +106,3 @@ def parse_ref(ref: str) -> Ref:
         return Ref(validate_name(ref))
     except InvalidName as exc:
         raise InvalidReference(f"invalid reference {ref!r}: {exc.detail}") from None
-
-
-def refuse_alias(ref: Ref) -> Ref:
-    """The one place ``NAME@ALIAS`` is refused, until aliases are resolved.
-
-    Returns:
-        ``ref``, when it names a version or the latest one.
-
-    Raises:
-        InvalidReference: ``ref`` names an alias.
-    """
-    if ref.alias is not None:
-        raise InvalidReference(
-            f"aliases are not supported by this registry yet; use {ref.name}:VERSION"
-        )
-    return ref

@@ -3,25 +3,42 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from sqlalchemy import Select, select
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy.orm import Session, joinedload, selectinload
 
-from registry.db.models import Adapter, AdapterVersion, EvalScore, Export, VersionFile
+from registry.db.models import (
+    Adapter,
+    AdapterVersion,
+    BaseModelRow,
+    EvalScore,
+    Export,
+    VersionFile,
+)
 from registry.errors import AdapterNotFound, VersionNotFound
-from registry.refs import Ref, refuse_alias, validate_name
+from registry.refs import validate_name
 
 
 def version_query() -> Select[AdapterVersion]:
-    """Versions with everything the version object shows, loaded in a few IN queries."""
+    """Versions with everything the version object shows, in three round trips: the version
+    with its small parts joined (adapter, the linked base's and the parent's names, verdicts,
+    exports, aliases: a few rows each), then its files and its scores by IN queries (those may
+    be many). Results need ``.unique()`` (joined collections repeat the version row)."""
+    def named(base: Any) -> Any:  # only what the version object shows of a base model
+        return base.load_only(BaseModelRow.name, BaseModelRow.revision)
+
     return select(AdapterVersion).options(
-        selectinload(AdapterVersion.files).selectinload(VersionFile.blob),
-        selectinload(AdapterVersion.adapter),
-        selectinload(AdapterVersion.base_model),
-        selectinload(AdapterVersion.parent).selectinload(AdapterVersion.adapter),
-        selectinload(AdapterVersion.verdicts),
-        selectinload(AdapterVersion.exports).selectinload(Export.base_model),
-        selectinload(AdapterVersion.scores).selectinload(EvalScore.base_model),
+        joinedload(AdapterVersion.adapter),
+        named(joinedload(AdapterVersion.base_model)),
+        joinedload(AdapterVersion.parent)
+        .load_only(AdapterVersion.version, AdapterVersion.adapter_id)
+        .joinedload(AdapterVersion.adapter),
+        joinedload(AdapterVersion.verdicts),
+        named(joinedload(AdapterVersion.exports).joinedload(Export.base_model)),
+        joinedload(AdapterVersion.aliases),
+        selectinload(AdapterVersion.files).joinedload(VersionFile.blob),
+        named(selectinload(AdapterVersion.scores).joinedload(EvalScore.base_model)),
     )
 
 
@@ -50,22 +67,12 @@ def get_version(session: Session, *, name: str, version: int | None) -> AdapterV
         stmt = stmt.order_by(AdapterVersion.version.desc()).limit(1)
     else:
         stmt = stmt.where(AdapterVersion.version == version)
-    found = session.scalars(stmt).one_or_none()
+    found = session.scalars(stmt).unique().one_or_none()
     if found is None:
         if version is None:
             raise VersionNotFound(f"adapter {name!r} has no versions")
         raise VersionNotFound(f"no version {name}:{version}")
     return found
-
-
-def resolve_ref(session: Session, ref: Ref) -> AdapterVersion:
-    """Resolve a parsed reference to a version.
-
-    Raises:
-        AdapterNotFound, VersionNotFound, InvalidReference (aliases are not supported yet).
-    """
-    refuse_alias(ref)
-    return get_version(session, name=ref.name, version=ref.version)
 
 
 def list_versions(session: Session, *, name: str) -> Sequence[AdapterVersion]:
@@ -80,4 +87,4 @@ def list_versions(session: Session, *, name: str) -> Sequence[AdapterVersion]:
         .where(AdapterVersion.adapter_id == adapter.id)
         .order_by(AdapterVersion.version)
     )
-    return session.scalars(stmt).all()
+    return session.scalars(stmt).unique().all()

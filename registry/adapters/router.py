@@ -47,14 +47,13 @@ def create_version(
     session: SessionDep,
     store: StoreDep,
     settings: SettingsDep,
-    response: Response,
-) -> VersionOut:
+) -> Response:
     version, created = service.create_version(
         session, store, name=name, body=body, settings=settings
     )
-    if not created:
-        response.status_code = 200
-    return service.to_out(version)
+    # Serialised here: FastAPI would validate the model again, on another thread hop.
+    return Response(service.to_out(version).model_dump_json(), status_code=201 if created else 200,
+                    media_type="application/json")
 
 
 @router.get("/{name:path}/versions", response_model=list[VersionOut], responses=_LOOKUP)

@@ -83,6 +83,9 @@ class VersionOut(BaseModel):
         default_factory=list,
         description="the newest score of each suite.metric on each base (workers, CI, people)",
     )
+    aliases: list[str] = Field(
+        default_factory=list, description="the aliases pointing at this version, sorted"
+    )
 
 
 class LineageNodeOut(BaseModel):
@@ -121,6 +124,8 @@ class AdapterOut(BaseModel):
     latest_version: int | None
     version_count: int
     created_at: datetime
+    aliases: dict[str, int] = Field(default_factory=dict,
+                                    description="alias -> the version it points at")
 
 
 class CreateVersionIn(BaseModel):

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 
-from sqlalchemy import Select, func, select
+from sqlalchemy import Select, func, select, update
 from sqlalchemy.orm import Session, selectinload
+from sqlalchemy.orm.attributes import set_committed_value
 
 from registry.adapters.queries import get_version
 from registry.adapters.schemas import (
@@ -30,6 +32,7 @@ from registry.db.dialect import insert_ignore
 from registry.db.models import (
     Adapter,
     AdapterVersion,
+    Alias,
     BaseModelRow,
     EvalScore,
     Export,
@@ -91,12 +94,53 @@ def _resolve_parent(session: Session, parent: str | None) -> AdapterVersion | No
     return get_version(session, name=ref.name, version=ref.version)
 
 
-def _resolve_base(session: Session, name: str | None,
-                  declared: str | None) -> BaseModelRow | None:
+def _latest(bases: Sequence[BaseModelRow], name: str | None) -> BaseModelRow | None:
+    """The latest registered revision called ``name`` among ``bases`` (find_base, in memory)."""
+    named = [b for b in bases if b.name == name]
+    return max(named, key=lambda b: (b.created_at, b.id)) if named else None
+
+
+def _resolve_base(session: Session, name: str | None, declared: str | None,
+                  bases: Sequence[BaseModelRow]) -> BaseModelRow | None:
     if name is not None:
-        return base_queries.get_base(session, name=name)
+        # Not registered: get_base raises the error that says how to register it.
+        return _latest(bases, name) or base_queries.get_base(session, name=name)
     # No --base: a registered base whose name is the config's base_model_name_or_path.
-    return base_queries.find_base(session, declared)
+    return _latest(bases, declared)
+
+
+def _adapter_row(session: Session, name: str, body: CreateVersionIn, task_type: str | None,
+                 *, take_number: bool) -> Adapter:
+    """The adapter row, created if new, locked until the transaction ends.
+
+    The row lock serialises concurrent pushes to one adapter: version numbers are handed out
+    one at a time, and an idempotency key is checked by whoever holds the lock. With
+    ``take_number`` the lock and the next number are one statement (``UPDATE … RETURNING``:
+    an UPDATE locks the row as ``FOR UPDATE`` does); without, the caller checks its key under
+    the lock first and increments ``version_counter`` itself.
+    """
+    def lock() -> Adapter | None:
+        if take_number:
+            return session.scalars(
+                update(Adapter).where(Adapter.name == name)
+                .values(version_counter=Adapter.version_counter + 1).returning(Adapter)
+                .execution_options(populate_existing=True)).one_or_none()
+        return session.scalars(
+            select(Adapter).where(Adapter.name == name).with_for_update()
+            .execution_options(populate_existing=True)).one_or_none()
+
+    adapter = lock()
+    if adapter is None:  # a new adapter (or one a concurrent push is creating): then lock it
+        insert_ignore(
+            session,
+            Adapter,
+            {"name": name, "version_counter": 0, "created_at": utcnow(),
+             "description": body.description, "task_type": task_type},
+            keys=["name"],
+        )
+        adapter = lock()
+        assert adapter is not None  # inserted above, or by the push that won the race
+    return adapter
 
 
 def _same_request(existing: AdapterVersion, digest: str, base: BaseModelRow | None,
@@ -141,23 +185,12 @@ def create_version(
     )
     summary = inspection.summary()
     parent = _resolve_parent(session, body.parent)
-    base = _resolve_base(session, body.base_model, summary["base_model_name_or_path"])
+    # One query for every base: the link, the declared base and the verdicts all use it.
+    bases = base_queries.list_bases(session, with_files=False)
+    base = _resolve_base(session, body.base_model, summary["base_model_name_or_path"], bases)
 
-    insert_ignore(
-        session,
-        Adapter,
-        {"name": name, "version_counter": 0, "created_at": utcnow(),
-         "description": body.description, "task_type": summary["task_type"]},
-        keys=["name"],
-    )
-    # The row lock serialises concurrent pushes to one adapter: version numbers are handed out
-    # one at a time and an idempotency key is checked by whoever holds the lock.
-    adapter = session.scalars(
-        select(Adapter)
-        .where(Adapter.name == name)
-        .with_for_update()
-        .execution_options(populate_existing=True)
-    ).one()
+    keyed = body.idempotency_key is not None
+    adapter = _adapter_row(session, name, body, summary["task_type"], take_number=not keyed)
     if body.idempotency_key is not None:
         existing = session.scalars(
             select(AdapterVersion).where(
@@ -173,7 +206,7 @@ def create_version(
                 f"{existing.version} with different content"
             )
 
-    adapter.version_counter += 1
+        adapter.version_counter += 1
     version = AdapterVersion(
         adapter=adapter,
         version=adapter.version_counter,
@@ -202,14 +235,18 @@ def create_version(
         adapter.description = body.description
     session.add(version)
     session.flush()
-    compat.refresh_for_version(session, version=version, bases=base_queries.list_bases(session),
-                               find_base=base_queries.find_base)
+    verdicts = compat.refresh_for_version(session, version=version, bases=bases,
+                                          find_base=lambda _s, n: _latest(bases, n),
+                                          new_version=True)
     events.record(session, type=event_types.VERSION_CREATED, adapter=name,
                   version=version.version, actor=body.created_by,
                   payload={"peft_type": version.peft_type,
                            "base_model": base.name if base else None,
                            "parent": body.parent, "content_digest": digest})
-    session.refresh(version, ["verdicts"])
+    # A new version has nothing else yet: the version object needs no further query.
+    for attr, value in (("verdicts", verdicts), ("exports", []), ("scores", []),
+                        ("aliases", [])):
+        set_committed_value(version, attr, value)
     return version, True
 
 
@@ -227,6 +264,8 @@ def list_adapters(session: Session) -> list[AdapterOut]:
     rows = session.execute(
         select(Adapter, stats.c.latest, stats.c.count)
         .outerjoin(stats, stats.c.adapter_id == Adapter.id)
+        .options(selectinload(Adapter.aliases).selectinload(Alias.version)
+                 .load_only(AdapterVersion.version))
         .order_by(Adapter.name)
     ).all()
     return [
@@ -237,6 +276,7 @@ def list_adapters(session: Session) -> list[AdapterOut]:
             latest_version=latest,
             version_count=count or 0,
             created_at=a.created_at,
+            aliases={alias.name: alias.version.version for alias in a.aliases},
         )
         for a, latest, count in rows
     ]
@@ -275,6 +315,7 @@ def to_out(v: AdapterVersion) -> VersionOut:
         compatibility=compat.linked_verdict(v),
         exports=_exports(v),
         scores=_latest_scores(v),
+        aliases=[a.name for a in v.aliases],
     )
 
 

@@ -39,6 +39,8 @@ from registry.errors import RegistryError
 from registry.evals.router import router as evals_router
 from registry.events.router import router as events_router
 from registry.exports.router import router as exports_router
+from registry.lifecycle.router import policies_router
+from registry.lifecycle.router import router as lifecycle_router
 
 log = logging.getLogger("registry.api")
 health = APIRouter(tags=["health"])
@@ -275,6 +277,8 @@ def create_app(
     app.include_router(exports_router)
     app.include_router(evals_router)
     app.include_router(events_router)
+    app.include_router(lifecycle_router)
+    app.include_router(policies_router)
     app.include_router(adapters_router)
     app.include_router(base_models_router)
     app.include_router(admin_router)

@@ -54,12 +54,14 @@ def find_base(session: Session, name: str | None) -> BaseModelRow | None:
     return session.scalars(stmt).one_or_none()
 
 
-def list_bases(session: Session) -> Sequence[BaseModelRow]:
-    """Every registered base model revision, by name then age."""
-    stmt = (
-        select(BaseModelRow)
-        .options(selectinload(BaseModelRow.files).selectinload(BaseModelFile.blob))
-        .where(_REGISTERED)
-        .order_by(BaseModelRow.name, BaseModelRow.created_at)
-    )
+def list_bases(session: Session, *, with_files: bool = True) -> Sequence[BaseModelRow]:
+    """Every registered base model revision, by name then age.
+
+    Args:
+        with_files: load each base's files too (not needed for compatibility checks).
+    """
+    stmt = select(BaseModelRow).where(_REGISTERED).order_by(BaseModelRow.name,
+                                                            BaseModelRow.created_at)
+    if with_files:
+        stmt = stmt.options(selectinload(BaseModelRow.files).selectinload(BaseModelFile.blob))
     return session.scalars(stmt).all()

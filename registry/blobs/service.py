@@ -9,6 +9,7 @@ version that was created stays pullable, and HEAD 200 means GET succeeds.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -18,7 +19,7 @@ from pathlib import Path
 
 from sqlalchemy import ColumnElement, delete, exists, or_, select, true, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session, sessionmaker, undefer
 
 from registry.db.base import utcnow
 from registry.db.dialect import insert_ignore
@@ -32,6 +33,7 @@ from registry.db.models import (
     VersionFile,
 )
 from registry.errors import BlobBusy, BlobNotFound, InvalidInput, TooLarge
+from registry.formats.safetensors import ParsedHeader, TensorInfo
 from registry.storage import BlobStore, BlobWriter, parse_digest
 
 log = logging.getLogger(__name__)
@@ -108,18 +110,21 @@ def size_stored(session: Session, *, size: int) -> bool:
 
 
 def blobs_for(session: Session, files: dict[str, str]) -> dict[str, Blob]:
-    """The recorded blob of every ``path -> digest``.
+    """The recorded blob of every ``path -> digest``, with what was parsed from each before.
 
     Raises:
         BlobNotFound: a digest was never uploaded (names the path).
     """
     digests = sorted(set(files.values()))
-    stmt = select(Blob).where(Blob.digest.in_(digests), Blob.state == BlobState.present)
+    stmt = (select(Blob).options(undefer(Blob.parsed))
+            .where(Blob.digest.in_(digests), Blob.state == BlobState.present))
     if session.get_bind().dialect.name == "postgresql":
-        # FOR SHARE until the caller's transaction ends: gc's mark (FOR UPDATE SKIP LOCKED)
+        # Locked until the caller's transaction ends: gc's mark (FOR UPDATE SKIP LOCKED)
         # skips these rows, so a blob cannot be collected between this check and the insert
-        # of the rows that reference it.
-        stmt = stmt.order_by(Blob.id).with_for_update(read=True)
+        # of the rows that reference it. FOR NO KEY UPDATE rather than FOR SHARE: the caller
+        # may write the blob's parse cache, and two creates upgrading shared locks on the
+        # same blob would deadlock; in id order, concurrent creates simply queue.
+        stmt = stmt.order_by(Blob.id).with_for_update(key_share=True)
     found = {b.digest: b for b in session.scalars(stmt)}
     for path, digest in sorted(files.items()):
         if digest not in found:
@@ -130,8 +135,18 @@ def blobs_for(session: Session, files: dict[str, str]) -> dict[str, Blob]:
     return {path: found[digest] for path, digest in files.items()}
 
 
+# A file read whole up to this size (an adapter's config) is kept with its blob row as text.
+KEPT_TEXT_BYTES = 64 * 1024
+
+
 class BlobFiles:
-    """FileAccess over stored blobs, so server-side checks read only headers (range reads)."""
+    """FileAccess over stored blobs, so server-side checks read only headers (range reads).
+
+    A blob's content never changes, so what was parsed from it is kept with its row
+    (``Blob.parsed``; written in the caller's transaction): a validated safetensors header
+    (``KeepsHeaders``) and the text of a small file read whole. The next version that uses the
+    blob reads neither from the store: no range reads at all on S3.
+    """
 
     def __init__(self, store: BlobStore, files: dict[str, Blob]) -> None:
         self._store = store
@@ -141,7 +156,33 @@ class BlobFiles:
         return self._files[path].size
 
     def read(self, path: str, offset: int, length: int) -> bytes:
-        return self._store.read_range(self._files[path].digest, offset, length)
+        blob = self._files[path]
+        text = (blob.parsed or {}).get("text")
+        if isinstance(text, str):
+            return text.encode("utf-8")[offset:offset + length]
+        data = self._store.read_range(blob.digest, offset, length)
+        if offset == 0 and len(data) == blob.size <= KEPT_TEXT_BYTES:
+            # Not UTF-8 text: nothing is kept, it is read from the store each time (small).
+            with contextlib.suppress(UnicodeDecodeError):
+                self._keep(blob, "text", data.decode("utf-8"))
+        return data
+
+    def kept_header(self, path: str) -> ParsedHeader | None:
+        kept = (self._files[path].parsed or {}).get("safetensors")
+        if not isinstance(kept, dict):
+            return None
+        tensors = {n: TensorInfo.from_json(t) for n, t in kept["tensors"].items()}
+        return ParsedHeader(tensors, int(kept["header_bytes"]))
+
+    def keep_header(self, path: str, header: ParsedHeader) -> None:
+        self._keep(self._files[path], "safetensors", {
+            "header_bytes": header.header_bytes,
+            "tensors": {n: t.to_json() for n, t in header.tensors.items()},
+        })
+
+    @staticmethod
+    def _keep(blob: Blob, key: str, value: object) -> None:
+        blob.parsed = {**(blob.parsed or {}), key: value}  # a new dict: the ORM sees the change
 
 
 def _lock_row(session: Session, *, digest: str, size: int) -> Blob:

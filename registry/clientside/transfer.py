@@ -34,7 +34,7 @@ from registry.formats import (
     list_local_files,
 )
 from registry.formats.checkpoint import read_checkpoint
-from registry.refs import parse_ref, refuse_alias, validate_name
+from registry.refs import parse_ref, validate_name
 from registry.storage import sha256_file
 from registry.storage.sink import HashingFileSink
 
@@ -89,8 +89,11 @@ def push(
     validate_name(name)
     if parent is not None:
         ref = parse_ref(parent)
-        if ref.version is None:
-            raise InvalidReference(f"--parent must be NAME:VERSION, got {parent!r}")
+        if ref.alias is not None:  # lineage records the version the alias points at now
+            found = backend.resolve_alias(ref.name, ref.alias)
+            parent = f"{found.name}:{found.version}"
+        elif ref.version is None:
+            raise InvalidReference(f"--parent must be NAME:VERSION or NAME@ALIAS, got {parent!r}")
     if not directory.is_dir():
         raise InvalidInput(f"{directory} is not a directory")
     paths = list_local_files(directory)
@@ -250,12 +253,17 @@ def register_base_dir(
 
 
 def resolve(backend: RegistryBackend, ref: str) -> VersionOut:
-    """The version a reference names (NAME, NAME:VERSION).
+    """The version a reference names: ``NAME@ALIAS``, ``NAME:VERSION`` or ``NAME`` (latest).
+
+    The one resolver of every CLI command that takes a REF; an alias costs one request
+    (``GET /api/v1/adapters/{name}/aliases/{alias}``), like a version.
 
     Raises:
-        InvalidReference, AdapterNotFound, VersionNotFound.
+        InvalidReference, AdapterNotFound, VersionNotFound, AliasNotFound.
     """
-    parsed = refuse_alias(parse_ref(ref))
+    parsed = parse_ref(ref)
+    if parsed.alias is not None:
+        return backend.resolve_alias(parsed.name, parsed.alias)
     return backend.get_version(parsed.name, parsed.version)
 
 

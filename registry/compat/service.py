@@ -86,26 +86,48 @@ def _store(session: Session, *, version: AdapterVersion, base: BaseModelRow,
 
 
 def _check_all(session: Session, pairs: Iterable[tuple[AdapterVersion, BaseModelRow]],
-               find_base: FindBase) -> None:
+               find_base: FindBase, *, new_version: bool = False) -> list[Compatibility]:
     manifests: dict[int, BaseManifest] = {}
     declared: dict[str, BaseModelRow | None] = {}
+    rows: list[Compatibility] = []
     for version, base in pairs:
         if base.id not in manifests:
             manifests[base.id] = _manifest(base)
         name = version.declared_base_model
         if name and name not in declared:
             declared[name] = find_base(session, name)
-        _store(session, version=version, base=base,
-               verdict=evaluate(version=version, base=base,
-                                declared_base=declared.get(name) if name else None,
-                                manifest=manifests[base.id]))
+        verdict = evaluate(version=version, base=base,
+                           declared_base=declared.get(name) if name else None,
+                           manifest=manifests[base.id])
+        if new_version:
+            # A version created in this transaction has no verdict anyone else could be
+            # writing: plain inserts, flushed together.
+            data = verdict.to_json()
+            row = Compatibility(adapter_version_id=version.id, base_model_id=base.id,
+                                compatible=verdict.compatible, method=METHOD_STATIC,
+                                reasons=data["reasons"], warnings=data["warnings"],
+                                serving=data["serving"], checked_at=utcnow())
+            session.add(row)
+            rows.append(row)
+        else:
+            rows.append(_store(session, version=version, base=base, verdict=verdict))
     session.flush()
+    return rows
 
 
 def refresh_for_version(session: Session, *, version: AdapterVersion,
-                        bases: Sequence[BaseModelRow], find_base: FindBase) -> None:
-    """Verdicts for a new version against every registered base model (there are few)."""
-    _check_all(session, ((version, b) for b in bases), find_base)
+                        bases: Sequence[BaseModelRow], find_base: FindBase,
+                        new_version: bool = False) -> list[Compatibility]:
+    """Verdicts for a version against every registered base model (there are few).
+
+    Args:
+        new_version: the version was created in this transaction (no stored verdict yet).
+
+    Returns:
+        The verdict rows, one per base.
+    """
+    return _check_all(session, ((version, b) for b in bases), find_base,
+                      new_version=new_version)
 
 
 def refresh_for_base(session: Session, *, base: BaseModelRow, find_base: FindBase) -> None:

@@ -93,6 +93,11 @@ class Blob(Base):
     # A push in progress pins the blobs it uploaded or found until it creates its version:
     # gc leaves a pinned blob alone whatever its grace period (the pin expires by itself).
     pinned_until: Mapped[datetime | None] = mapped_column()
+    # What the registry parsed from the content, kept because content never changes (migration
+    # 0008): {"safetensors": {"header_bytes", "tensors"}} once a header was validated, {"text"}
+    # for a small file read whole (a config). A version create then reads nothing from the
+    # store for blobs it has seen. Deferred: only registration loads it.
+    parsed: Mapped[dict[str, Any] | None] = mapped_column(JSON, deferred=True)
 
 
 class BaseModelRow(Base):
@@ -174,6 +179,8 @@ class Adapter(Base):
     versions: Mapped[list[AdapterVersion]] = relationship(
         back_populates="adapter", order_by="AdapterVersion.version"
     )
+    # Read by `list` (few per adapter); adapters never import lifecycle for it.
+    aliases: Mapped[list[Alias]] = relationship(viewonly=True, order_by="Alias.name")
 
 
 class AdapterVersion(Base):
@@ -227,6 +234,8 @@ class AdapterVersion(Base):
     exports: Mapped[list[Export]] = relationship(viewonly=True)
     # Read by the version object (few per version); domains never import each other for it.
     scores: Mapped[list[EvalScore]] = relationship(viewonly=True, order_by="EvalScore.id")
+    # The aliases pointing here, read by the version object like ``scores``.
+    aliases: Mapped[list[Alias]] = relationship(viewonly=True, order_by="Alias.name")
 
 
 class VersionFile(Base):

@@ -9,7 +9,7 @@ import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from registry.errors import (
     InvalidAdapter,
@@ -19,7 +19,13 @@ from registry.errors import (
     UnsafeFormat,
 )
 from registry.formats.peft import AdapterConfig, check_tensors, parse_adapter_config
-from registry.formats.safetensors import ReadAt, TensorInfo, parse_header
+from registry.formats.safetensors import (
+    ParsedHeader,
+    ReadAt,
+    TensorInfo,
+    check_header_size,
+    read_header,
+)
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 CONFIG_FILE = "adapter_config.json"
@@ -143,6 +149,16 @@ class FileAccess(Protocol):
         ...
 
 
+@runtime_checkable
+class KeepsHeaders(Protocol):
+    """A FileAccess that keeps parsed safetensors headers (stored blobs: content-addressed, so
+    a blob's header is parsed once); inspect_adapter uses a kept one instead of reading."""
+
+    def kept_header(self, path: str) -> ParsedHeader | None: ...
+
+    def keep_header(self, path: str, header: ParsedHeader) -> None: ...
+
+
 @dataclass(frozen=True)
 class Limits:
     """Size limits enforced by inspect_adapter."""
@@ -249,15 +265,28 @@ def inspect_adapter(
     manifests: dict[str, dict[str, TensorInfo]] = {}
     for path in [WEIGHTS_FILE, *sorted(p for p in paths if p != WEIGHTS_FILE)]:
         if path.lower().endswith(SAFETENSORS_SUFFIX):
-            manifests[path] = parse_header(
-                _reader(files, path),
-                file_size=sizes[path],
-                max_header_bytes=limits.max_header_bytes,
-                name=path,
-            )
+            manifests[path] = _header(files, path, sizes[path], limits)
     tensors = manifests[WEIGHTS_FILE]
     check_tensors(config, tensors)
     return AdapterInspection(config=config, tensors=tensors)
+
+
+def _header(files: FileAccess, path: str, size: int, limits: Limits) -> dict[str, TensorInfo]:
+    def parse() -> ParsedHeader:
+        return read_header(_reader(files, path), file_size=size,
+                           max_header_bytes=limits.max_header_bytes, name=path)
+
+    if not isinstance(files, KeepsHeaders):
+        return parse().tensors
+    kept = files.kept_header(path)
+    if kept is not None:
+        # Validated when it was kept; only the limit (configuration) may have changed since.
+        check_header_size(kept.header_bytes, max_header_bytes=limits.max_header_bytes,
+                          name=path)
+        return kept.tensors
+    header = parse()
+    files.keep_header(path, header)
+    return header.tensors
 
 
 class LocalDirAccess:

@@ -118,9 +118,35 @@ def _read_exact(read_at: ReadAt, offset: int, length: int) -> bytes:
     return data if len(data) <= length else data[:length]
 
 
+@dataclass(frozen=True)
+class ParsedHeader:
+    """A validated safetensors header: its tensors and the length of its JSON (what the size
+    limit applies to). It depends only on the file's bytes, so it may be kept with a blob."""
+
+    tensors: dict[str, TensorInfo]
+    header_bytes: int
+
+
 def parse_header(
     read_at: ReadAt, *, file_size: int, max_header_bytes: int, name: str = "file"
 ) -> dict[str, TensorInfo]:
+    """Parse and validate a safetensors header: ``read_header(...).tensors``."""
+    return read_header(read_at, file_size=file_size, max_header_bytes=max_header_bytes,
+                       name=name).tensors
+
+
+def check_header_size(header_bytes: int, *, max_header_bytes: int, name: str) -> None:
+    """Raises TooLarge when a header is longer than the limit."""
+    if header_bytes > max_header_bytes:
+        raise TooLarge(
+            f"{name}: safetensors header is {header_bytes} bytes; "
+            f"the limit is {max_header_bytes} bytes"
+        )
+
+
+def read_header(
+    read_at: ReadAt, *, file_size: int, max_header_bytes: int, name: str = "file"
+) -> ParsedHeader:
     """Parse and validate a safetensors header without reading tensor data.
 
     Mirrors the checks of the safetensors library (tensors must tile the data section exactly,
@@ -134,7 +160,8 @@ def parse_header(
         name: File name used in error messages.
 
     Returns:
-        Tensor name -> TensorInfo, ordered by name; `__metadata__` is not included.
+        Tensor name -> TensorInfo, ordered by name (`__metadata__` is not included), and the
+        header's length.
 
     Raises:
         TooLarge: The declared header length exceeds `max_header_bytes`.
@@ -148,11 +175,7 @@ def parse_header(
     if len(prefix) < HEADER_LENGTH_BYTES:
         raise InvalidSafetensors(f"{name}: truncated: could not read the 8-byte header length")
     header_len = int.from_bytes(prefix, "little")
-    if header_len > max_header_bytes:
-        raise TooLarge(
-            f"{name}: safetensors header is {header_len} bytes; "
-            f"the limit is {max_header_bytes} bytes"
-        )
+    check_header_size(header_len, max_header_bytes=max_header_bytes, name=name)
     if HEADER_LENGTH_BYTES + header_len > file_size:
         raise InvalidSafetensors(
             f"{name}: header length {header_len} larger than the file ({file_size} bytes)"
@@ -181,7 +204,7 @@ def parse_header(
         spans.append((begin, end, tensor_name))
         tensors[tensor_name] = info
     _check_coverage(spans, data_len, name)
-    return tensors
+    return ParsedHeader(tensors, header_len)
 
 
 def _decode_header(raw: bytes, name: str) -> dict[str, Any]:

@@ -241,3 +241,40 @@ def test_pins(family: RegistryBackend, tmp_path):
     family.upload_blob(digest, path, pin_seconds=60)
     assert family.gc(grace_seconds=0, dry_run=False)["removed"] == []  # pinned: kept
     assert family.blob_exists(digest)
+def test_aliases_and_their_errors(family: RegistryBackend):
+    from registry.lifecycle.schemas import AliasChangeIn, PolicyIn, PromoteIn, RollbackIn
+
+    out = family.promote("bot", "production", PromoteIn(version=1, actor="ci"))
+    assert (out.version, out.previous, out.action) == (1, None, "promote")
+    assert family.promote("bot", "production", PromoteIn(version="bot:2")).previous == 1
+    assert family.resolve_alias("bot", "production") == family.get_version("bot", 2)
+    assert [(a.alias, a.version) for a in family.list_aliases("bot")] == [("production", 2)]
+    assert family.rollback("bot", "production", RollbackIn()).version == 1
+    assert [e.action for e in family.history("bot")] == ["rollback", "promote", "promote"]
+    assert family.archive("bot", 2, AliasChangeIn()).status == "archived"
+    assert family.set_policy("bot", "production", PolicyIn(protected=True)).protected
+    family.set_policy(None, "staging", PolicyIn(require_validated=True))
+    assert [p.scope for p in family.list_policies("bot")] == ["adapter", "default"]
+    cases = [
+        (lambda: family.resolve_alias("bot", "canary"), errors.AliasNotFound),
+        (lambda: family.resolve_alias("bot", "Bad"), errors.InvalidAlias),
+        (lambda: family.promote("bot", "production", PromoteIn(version=2)),
+         errors.VersionArchived),
+        (lambda: family.promote("bot", "canary", PromoteIn(version=1, expect_current=2)),
+         errors.AliasMoved),
+        (lambda: family.promote("bot", "canary", PromoteIn(version=1)), None),
+        (lambda: family.rollback("bot", "canary", RollbackIn()), errors.NoRollbackTarget),
+        (lambda: family.delete_alias("bot", "production", AliasChangeIn()),
+         errors.AliasProtected),
+        (lambda: family.archive("bot", 1, AliasChangeIn()), errors.VersionAliased),
+        (lambda: family.delete_policy(None, "production"), errors.PolicyNotFound),
+        (lambda: family.promote("bot", "staging", PromoteIn(version=1)), errors.GateFailed),
+    ]
+    for call, expected in cases:
+        if expected is None:
+            call()
+            continue
+        with pytest.raises(expected) as exc:
+            call()
+        assert type(exc.value) is expected and exc.value.detail
+    assert family.delete_alias("bot", "canary", AliasChangeIn()).previous == 1

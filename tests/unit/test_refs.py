@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from registry.errors import InvalidName, InvalidReference
-from registry.refs import Ref, parse_ref, validate_name
+from registry.errors import InvalidAlias, InvalidName, InvalidReference
+from registry.refs import Ref, parse_ref, validate_alias, validate_name
 
 
 @pytest.mark.parametrize("name", ["a", "support-bot", "team/support-bot", "v1.2_x", "0abc"])
@@ -36,3 +36,18 @@ def test_parse_ref(ref, expected):
 def test_bad_refs(ref):
     with pytest.raises(InvalidReference):
         parse_ref(ref)
+
+
+@pytest.mark.parametrize("alias", ["production", "staging", "canary-2", "a", "x" * 63])
+def test_valid_aliases(alias):
+    assert validate_alias(alias) == alias
+    assert parse_ref(f"bot@{alias}") == Ref("bot", alias=alias)
+
+
+@pytest.mark.parametrize("alias", ["", "Prod", "2nd", "-x", "a_b", "a.b", "a/b", "x" * 64,
+                                   "prod\n", "prod uction", "ünï"])
+def test_invalid_aliases(alias):
+    with pytest.raises(InvalidAlias):
+        validate_alias(alias)
+    with pytest.raises(InvalidReference):
+        parse_ref(f"bot@{alias}")

@@ -1,0 +1,1 @@
+"""Lifecycle: aliases (NAME@ALIAS), gated promotion, rollback, alias history, archive."""
