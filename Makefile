@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -c constraints.txt -e '.[worker,dev]'
+	$(PIP) install -q -c constraints.txt -e '.[worker,evals,dev]'
 	touch $(STAMP)
 
 demo: venv

@@ -1,7 +1,8 @@
 """Run every benchmark: ``python -m bench.run_all [--size-mib 1024] [--count 1000] [--quick]``.
 
 Results go to bench/results/: transfer_<size>mib.json, register.json, compat.json, export.json,
-lifecycle.json. Exit status 1 if a target failed (the register benchmark only reports numbers).
+lifecycle.json, validate.json (validate_small.json with --quick).
+Exit status 1 if a target failed (the register benchmark only reports numbers).
 """
 
 from __future__ import annotations
@@ -9,7 +10,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-from bench import bench_compat, bench_export, bench_lifecycle, bench_register, bench_transfer
+from bench import (
+    bench_compat,
+    bench_export,
+    bench_lifecycle,
+    bench_register,
+    bench_transfer,
+    bench_validate,
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,6 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     lifecycle = bench_lifecycle.run(100 if args.quick else args.count,
                                     200 if args.quick else 2000,
                                     100 if args.quick else 1000, 50, None)
+    # One thread: on this 2-core machine two OpenMP threads were 2.5x slower (see README).
+    bench_validate.main(["--small"] if args.quick else ["--threads", "1", "--text-chars", "12"])
     targets = {**transfer["targets"], **lifecycle["targets_met"]}
     for name, ok in targets.items():
         print(f"{'PASS' if ok else 'FAIL'}  {name}")

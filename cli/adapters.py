@@ -180,6 +180,18 @@ def _describe(v: VersionOut) -> None:
         click.echo("  exports (merged checkpoints):")
         for e in v.exports:
             click.echo(f"    {_export_line(e)}")
+    if v.validation is not None:
+        last = v.validation
+        where = f" on {last.device}" if last.device else ""
+        click.echo(f"  validation:   job {last.job} {last.verdict or last.status}{where} "
+                   f"(base {last.base})")
+        for reason in last.reasons:
+            click.echo(f"    reason: {reason}")
+    if v.scores:
+        click.echo("  scores:")
+        for s in v.scores:
+            click.echo(f"    {s.suite}.{s.metric}\t{s.value:.6g}\tbase={s.base or '-'}\t"
+                       f"source={s.source}")
 
 
 def _export_line(e: ExportSummaryOut) -> str:

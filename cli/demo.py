@@ -1,12 +1,15 @@
 """`make demo`: the main job on the embedded registry, end to end, printing what happens.
 
-Starts the embedded registry server, builds a tiny Llama-style base model and real LoRA adapters
-with peft (no hub), registers the base, pushes, lists, checks compatibility, pulls an adapter
-back and loads it with peft, and exports a merged checkpoint that transformers loads.
+Starts the embedded registry server and a validation worker, builds a tiny Llama-style base model
+(with a character-level tokenizer) and real LoRA adapters with peft (no hub), registers the base,
+pushes, validates (smoke checks and a perplexity suite), compares scores with the parent, lists,
+checks compatibility, pulls an adapter back and loads it with peft, and exports a merged
+checkpoint that transformers loads.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import shutil
@@ -38,6 +41,29 @@ def cli(*args: str, env: dict[str, str]) -> str:
     return out
 
 
+def save_tokenizer(base_dir: Path) -> None:
+    """A character-level tokenizer: the base needs one for perplexity suites (no hub)."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    tokens = ["<unk>", "<s>", "</s>", "<pad>", *(chr(c) for c in range(32, 127)), "\n"]
+    tok = Tokenizer(models.WordLevel({t: i for i, t in enumerate(tokens)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex("[\\s\\S]"), behavior="isolated")
+    tok.decoder = decoders.Fuse()
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A",
+                                                       special_tokens=[("<s>", 1)])
+    PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",
+                            unk_token="<unk>", pad_token="<pad>").save_pretrained(base_dir)
+
+
+SUPPORT_TEXTS = [
+    "Thanks for reaching out! I have reset your password; please check your inbox.",
+    "Your order has shipped and should arrive within three business days.",
+    "I am sorry for the trouble. Could you send me the error message you see?",
+    "You can cancel your subscription at any time from the billing page.",
+]
+
+
 def build_models(base_dir: Path, adapter_dirs: list[Path]) -> None:
     import torch
     from peft import LoraConfig, get_peft_model
@@ -47,6 +73,7 @@ def build_models(base_dir: Path, adapter_dirs: list[Path]) -> None:
                          num_attention_heads=4, num_key_value_heads=2, vocab_size=256)
     torch.manual_seed(0)
     LlamaForCausalLM(config).save_pretrained(base_dir)
+    save_tokenizer(base_dir)
     for seed, out in enumerate(adapter_dirs, start=1):
         torch.manual_seed(0)
         model = get_peft_model(
@@ -65,6 +92,16 @@ def build_models(base_dir: Path, adapter_dirs: list[Path]) -> None:
                                                '"base_model_name_or_path": "tiny-llama"'))
 
 
+def wait_for_jobs(url: str, timeout: float = 600) -> None:
+    """Until every queued validation has finished (the worker runs them one after another)."""
+    deadline = time.monotonic() + timeout
+    while any(j["status"] in ("queued", "running")
+              for j in httpx.get(f"{url}/api/v1/jobs", timeout=30).json()):
+        if time.monotonic() > deadline:
+            raise SystemExit("the validation jobs did not finish")
+        time.sleep(0.5)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -80,7 +117,8 @@ def main() -> None:
     for var in ("REGISTRY_URL", "REGISTRY_DATABASE_URL", "REGISTRY_BLOB_URL"):
         env.pop(var, None)
 
-    say("1. Build a tiny Llama-style base model and two LoRA adapters with peft (no hub)")
+    say("1. Build a tiny Llama-style base model (with a tokenizer) and two LoRA adapters with "
+        "peft (no hub)")
     base_dir, v1_dir, v2_dir = ROOT / "tiny-llama", ROOT / "adapter-v1", ROOT / "adapter-v2"
     build_models(base_dir, [v1_dir, v2_dir])
     for d in (base_dir, v1_dir):
@@ -92,6 +130,7 @@ def main() -> None:
     url = f"http://127.0.0.1:{port}"
     server = subprocess.Popen([EXE, "server", "--port", str(port), "--log-level", "warning"],
                               env=env)
+    worker: subprocess.Popen[bytes] | None = None
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -104,6 +143,10 @@ def main() -> None:
                 raise SystemExit("the registry server did not start")
             time.sleep(0.2)
         print(f"server ready at {url}  (OpenAPI: {url}/docs)")
+        # A validation worker beside it: it reaches the registry through the URL alone.
+        worker = subprocess.Popen([EXE, "--url", url, "worker", "--device", "cpu"], env=env,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        print(f"$ adapter-registry --url {url} worker --device cpu   (in the background)")
 
         say("3. Register the base model: files go to the blob store, the manifest is read "
             "from safetensors headers")
@@ -121,27 +164,41 @@ def main() -> None:
         cli("--url", url, "push", "support-bot", str(v1_dir), "--base", "tiny-llama",
             "--idempotency-key", "ci-run-1", env=env)
 
-        say("5. List and show")
+        say("5. Validate: the worker loads each version onto the base, runs the smoke checks and "
+            "an attached perplexity suite, and records scores")
+        suite_file = ROOT / "support-ppl.jsonl"
+        suite_file.write_text("".join(json.dumps({"text": t}) + "\n" for t in SUPPORT_TEXTS))
+        cli("--url", url, "suite", "add", "support-ppl", str(suite_file), "--kind", "perplexity",
+            env=env)
+        cli("--url", url, "suite", "attach", "support-ppl", "support-bot", env=env)
+        cli("--url", url, "validate", "support-bot:2", "--wait", "--timeout", "600", env=env)
+        print("each push queued a validation too (REGISTRY_AUTO_VALIDATE):")
+        cli("--url", url, "jobs", "list", env=env)
+        print("support-bot:2 against its parent (support-bot:1) and the base model's own scores:")
+        wait_for_jobs(url)
+        cli("--url", url, "evals", "support-bot:2", env=env)
+
+        say("6. List and show")
         cli("--url", url, "list", env=env)
         cli("--url", url, "list", "support-bot", env=env)
         cli("--url", url, "show", "support-bot:2", env=env)
 
-        say("6. Static compatibility (tensor shapes only, no weights read)")
+        say("7. Static compatibility (tensor shapes only, no weights read)")
         cli("--url", url, "compat", "support-bot:1", "--base", "tiny-llama", env=env)
         cli("--url", url, "compat", "--base", "tiny-llama", env=env)
 
-        say("7. Pull support-bot:1 back (every file verified against its digest)")
+        say("8. Pull support-bot:1 back (every file verified against its digest)")
         pulled = ROOT / "pulled"
         cli("--url", url, "pull", "support-bot:1", str(pulled), env=env)
 
-        say("8. Export a merged checkpoint (streamed shard by shard) and record it")
+        say("9. Export a merged checkpoint (streamed shard by shard) and record it")
         merged = ROOT / "merged"
         cli("--url", url, "export", "support-bot:1", "--base", "tiny-llama", "--out",
             str(merged), "--upload", "--max-shard-size", "200KB", env=env)
         print("the export is listed in the lineage (v2 was pushed with --parent support-bot:1):")
         cli("--url", url, "lineage", "support-bot:1", env=env)
 
-        say("9. A bad push is refused with one line, and nothing is stored")
+        say("10. A bad push is refused with one line, and nothing is stored")
         bad = ROOT / "bad-adapter"
         shutil.copytree(v1_dir, bad)
         (bad / "adapter_model.safetensors").rename(bad / "adapter_model.bin")
@@ -150,13 +207,16 @@ def main() -> None:
         print(f"$ adapter-registry push support-bot {bad}\n{proc.stderr.strip()}"
               f"\n(exit code {proc.returncode})")
     finally:
+        if worker is not None:
+            worker.terminate()  # SIGTERM: it finishes or releases its job, then exits
+            worker.wait(timeout=120)
         server.terminate()
         server.wait(timeout=30)
 
-    say("10. The same registry without a server (embedded mode: no --url)")
+    say("11. The same registry without a server (embedded mode: no --url)")
     cli("list", "support-bot", env=env)
 
-    say("11. Load the pulled adapter with peft, and the merged export with transformers")
+    say("12. Load the pulled adapter with peft, and the merged export with transformers")
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM

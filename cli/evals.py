@@ -5,8 +5,9 @@ from __future__ import annotations
 import click
 
 from cli.output import CliState, fail, pass_state
-from registry.adapters.schemas import ScoreOut, VersionOut
+from registry.adapters.schemas import ScoreOut
 from registry.clientside.ci_env import detect_provenance
+from registry.evals.compare import ComparisonOut
 from registry.evals.metrics import check_metric
 from registry.evals.schemas import RecordScoresIn
 
@@ -61,22 +62,49 @@ def record(state: CliState, ref: str, scores: tuple[str, ...], suite: str, base:
                 "scores": [s.model_dump(mode="json") for s in recorded]}, human)
 
 
-def _describe(v: VersionOut) -> None:
-    click.echo(f"{v.ref}  [{v.status}]")
-    if not v.scores:
+def _fmt(value: float | None, *, signed: bool = False) -> str:
+    if value is None:
+        return "-"
+    return f"{value:+.6g}" if signed else f"{value:.6g}"
+
+
+def _describe(cmp: ComparisonOut, status: str) -> None:
+    other = cmp.other or "-"
+    click.echo(f"{cmp.ref}  [{status}]  base: {cmp.base or '-'}  compared with: {other}")
+    if not cmp.rows:
         click.echo("  no scores")
-    for s in v.scores:
-        click.echo(f"  {_score_line(s)}")
+        return
+    # Tab-separated (scripts cut it): value, the other version's and its delta, the base's own
+    # and its delta, which way is better and how the version fared against the other.
+    for r in cmp.rows:
+        verdict = f" ({r.vs_other})" if r.vs_other in ("improved", "regressed") else ""
+        click.echo(f"  {r.suite}.{r.metric}\t{_fmt(r.value)}\t{other}={_fmt(r.other)}\t"
+                   f"delta={_fmt(r.delta_other, signed=True)}\tbase={_fmt(r.base)}\t"
+                   f"delta_base={_fmt(r.delta_base, signed=True)}\t{r.better} is better"
+                   f"{verdict}")
 
 
 @click.command("evals")
 @click.argument("ref")
+@click.option("--compare", "other", default=None, metavar="REF2",
+              help="Compare with this version (default: REF's parent, if it has one).")
 @pass_state
-def evals(state: CliState, ref: str) -> None:
-    """The newest score of each suite.metric of REF, on each base."""
+def evals(state: CliState, ref: str, other: str | None) -> None:
+    """The newest score of each suite.metric of REF on its base, side by side with another
+    version's (--compare, or the parent's) and the base model's own, with deltas."""
     from registry.clientside.transfer import resolve
+    from registry.evals.compare import compare
 
-    version = resolve(state.backend(), ref)
-    state.emit({"name": version.name, "version": version.version,
-                "scores": [s.model_dump(mode="json") for s in version.scores]},
-               lambda: _describe(version))
+    backend = state.backend()
+    version = resolve(backend, ref)
+    them = None
+    if other is not None:
+        them = resolve(backend, other)
+    elif version.parent is not None:
+        them = backend.get_version(version.parent.name, version.parent.version)
+    base_scores = (backend.base_scores(version.base_model, version.base_model_revision)
+                   if version.base_model else [])
+    cmp = compare(name=version.name, version=version.version, scores=version.scores,
+                  base=version.base_model, other_ref=them.ref if them else None,
+                  other_scores=them.scores if them else (), base_scores=base_scores)
+    state.emit(cmp.model_dump(mode="json"), lambda: _describe(cmp, version.status))

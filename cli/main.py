@@ -8,7 +8,21 @@ from typing import Any
 import click
 from pydantic import ValidationError
 
-from cli import adapters, base, compat, db, evals, export, gc, lifecycle, server
+from cli import (
+    adapters,
+    base,
+    compat,
+    db,
+    evals,
+    export,
+    gc,
+    jobs,
+    lifecycle,
+    server,
+    suites,
+    validate,
+    worker,
+)
 from cli.output import CliState, exit_code_for, fail
 from registry import __version__, errors
 from registry.clientside.process import exit_process
@@ -81,6 +95,10 @@ cli.add_command(lifecycle.history)
 cli.add_command(lifecycle.archive)
 cli.add_command(lifecycle.alias_group)
 cli.add_command(lifecycle.policy_group)
+cli.add_command(suites.suite)
+cli.add_command(validate.validate)
+cli.add_command(jobs.jobs)
+cli.add_command(worker.worker)
 
 
 def main() -> None:

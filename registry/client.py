@@ -28,9 +28,24 @@ from registry.backend import Progress
 from registry.base_models.schemas import BaseModelOut, RegisterBaseIn
 from registry.compat.schemas import CompatibleBaseOut, CompatibleVersionOut, VerdictOut
 from registry.evals.metrics import check_metric
-from registry.evals.schemas import RecordScoresIn
+from registry.evals.schemas import (
+    AttachmentOut,
+    AttachSuiteIn,
+    CreateSuiteIn,
+    RecordScoresIn,
+    SuiteOut,
+)
 from registry.events.schemas import EventPageOut
 from registry.exports.schemas import CreateExportIn, ExportOut
+from registry.jobs.schemas import (
+    ClaimedJobOut,
+    ClaimIn,
+    CompleteJobIn,
+    FailJobIn,
+    JobOut,
+    LeaseIn,
+    LeaseOut,
+)
 from registry.lifecycle.schemas import (
     AliasChangeIn,
     AliasDeletedOut,
@@ -46,6 +61,7 @@ from registry.lifecycle.schemas import (
 from registry.refs import validate_alias
 from registry.storage import parse_digest
 from registry.storage.sink import BackgroundSha256
+from registry.validation.schemas import ValidateIn
 
 CHUNK = 1024 * 1024
 
@@ -412,6 +428,85 @@ class HttpRegistry:
         path = "/api/v1/policies" if name is None else f"/api/v1/adapters/{name}/policies"
         response = self._request("GET", path)
         return [PolicyOut.model_validate(p) for p in response.json()]
+    def base_scores(self, base: str, revision: str | None = None) -> list[ScoreOut]:
+        params = {"revision": revision} if revision else None
+        response = self._request("GET", f"/api/v1/base-models/{base}/evals", params=params)
+        return [ScoreOut.model_validate(s) for s in response.json()]
+
+    def create_suite(self, body: CreateSuiteIn) -> tuple[SuiteOut, bool]:
+        response = self._request("POST", "/api/v1/suites", json=body.model_dump(mode="json"))
+        return SuiteOut.model_validate(response.json()), response.status_code == 201
+
+    def get_suite(self, name: str, version: int | None = None) -> SuiteOut:
+        params = {"version": version} if version is not None else None
+        response = self._request("GET", f"/api/v1/suites/{name}", params=params)
+        return SuiteOut.model_validate(response.json())
+
+    def list_suites(self) -> list[SuiteOut]:
+        response = self._request("GET", "/api/v1/suites")
+        return [SuiteOut.model_validate(s) for s in response.json()]
+
+    def attach_suite(self, suite: str, body: AttachSuiteIn) -> AttachmentOut:
+        response = self._request("POST", f"/api/v1/suites/{suite}/attachments",
+                                 json=body.model_dump(mode="json"))
+        return AttachmentOut.model_validate(response.json())
+
+    def validate(self, name: str, version: int, body: ValidateIn) -> JobOut:
+        response = self._request("POST", f"/api/v1/adapters/{name}/versions/{version}/validate",
+                                 json=body.model_dump(mode="json"))
+        return JobOut.model_validate(response.json())
+
+    def list_jobs(self, *, status: str | None = None, limit: int = 100) -> list[JobOut]:
+        params: dict[str, Any] = {"limit": limit}
+        if status is not None:
+            params["status"] = status
+        response = self._request("GET", "/api/v1/jobs", params=params)
+        return [JobOut.model_validate(j) for j in response.json()]
+
+    def get_job(self, job_id: int) -> JobOut:
+        return JobOut.model_validate(self._request("GET", f"/api/v1/jobs/{job_id}").json())
+
+    def cancel_job(self, job_id: int) -> JobOut:
+        return JobOut.model_validate(
+            self._request("POST", f"/api/v1/jobs/{job_id}/cancel").json())
+
+    def retry_job(self, job_id: int) -> JobOut:
+        return JobOut.model_validate(
+            self._request("POST", f"/api/v1/jobs/{job_id}/retry").json())
+
+    def claim_job(self, worker: str, *,
+                  kinds: tuple[str, ...] = ("validate",)) -> ClaimedJobOut | None:
+        body = ClaimIn(worker=worker, kinds=list(kinds))
+        response = self._request("POST", "/api/v1/jobs/claim", json=body.model_dump(mode="json"))
+        if response.status_code == 204:
+            return None
+        return ClaimedJobOut.model_validate(response.json())
+
+    def heartbeat_job(self, job_id: int, *, worker: str, attempt: int) -> LeaseOut:
+        body = LeaseIn(worker=worker, attempt=attempt)
+        response = self._request("POST", f"/api/v1/jobs/{job_id}/heartbeat",
+                                 json=body.model_dump(mode="json"))
+        return LeaseOut.model_validate(response.json())
+
+    def complete_job(self, job_id: int, *, worker: str, attempt: int,
+                     report: dict[str, Any]) -> JobOut:
+        body = CompleteJobIn(worker=worker, attempt=attempt, report=report)
+        response = self._request("POST", f"/api/v1/jobs/{job_id}/complete",
+                                 json=body.model_dump(mode="json"))
+        return JobOut.model_validate(response.json())
+
+    def fail_job(self, job_id: int, *, worker: str, attempt: int, error: str,
+                 result: dict[str, Any] | None = None) -> JobOut:
+        body = FailJobIn(worker=worker, attempt=attempt, error=error, result=result)
+        response = self._request("POST", f"/api/v1/jobs/{job_id}/fail",
+                                 json=body.model_dump(mode="json"))
+        return JobOut.model_validate(response.json())
+
+    def release_job(self, job_id: int, *, worker: str, attempt: int) -> JobOut:
+        body = LeaseIn(worker=worker, attempt=attempt)
+        response = self._request("POST", f"/api/v1/jobs/{job_id}/release",
+                                 json=body.model_dump(mode="json"))
+        return JobOut.model_validate(response.json())
 
     def close(self) -> None:
         self._http.close()

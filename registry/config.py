@@ -66,6 +66,17 @@ class Settings(BaseSettings):
     # CLI ignores it (it reads with its own user's credentials).
     base_sources: str = ""
 
+    # Job queue: how long a claimed job's lease lasts without a heartbeat (a worker renews it
+    # every third of it), and how many lost leases a job survives before it fails.
+    job_lease_seconds: int = 60
+    job_max_attempts: int = 3
+    # A push that links a statically compatible base enqueues a validation with the version.
+    auto_validate: bool = True
+    # Validation worker: disk cap of its base-model file cache (least recently used go first).
+    worker_cache_bytes: int = 64 * GiB
+    # Largest eval suite file (suites are read whole by workers and checked line by line).
+    max_suite_bytes: int = 64 * MiB
+
     @model_validator(mode="after")
     def _check_limits(self) -> Settings:
         for name in ("max_file_bytes", "max_files_per_version", "max_config_bytes",
@@ -77,6 +88,13 @@ class Settings(BaseSettings):
             # Zero would mean "no timeout" to libpq and PostgreSQL: the hang this guards against.
             if not getattr(self, name) > 0:
                 raise ValueError(f"REGISTRY_{name.upper()} must be positive")
+        if self.job_lease_seconds < 2:
+            raise ValueError("REGISTRY_JOB_LEASE_SECONDS must be at least 2")
+        if self.job_max_attempts < 1:
+            raise ValueError("REGISTRY_JOB_MAX_ATTEMPTS must be at least 1")
+        if self.worker_cache_bytes < 0 or self.max_suite_bytes <= 0:
+            raise ValueError("REGISTRY_WORKER_CACHE_BYTES must be >= 0 and "
+                             "REGISTRY_MAX_SUITE_BYTES positive")
         if self.s3_part_bytes < 5 * MiB:
             raise ValueError("REGISTRY_S3_PART_BYTES must be at least 5 MiB (S3 minimum part size)")
         self.base_source_allowlist()  # a malformed entry fails at start-up, not per request

@@ -218,6 +218,16 @@ class PolicyNotFound(NotFound):
     """No such promotion policy."""
 
     code = "policy_not_found"
+class JobNotFound(NotFound):
+    """No such job."""
+
+    code = "job_not_found"
+
+
+class SuiteNotFound(NotFound):
+    """No such eval suite."""
+
+    code = "suite_not_found"
 
 
 # --- 409: the request contradicts what is stored ---------------------------------------------
@@ -270,6 +280,20 @@ class AliasProtected(Conflict):
     """The alias is protected by its promotion policy."""
 
     code = "alias_protected"
+class JobStateConflict(Conflict):
+    """The job is not in a state that allows this (e.g. cancelling a finished job)."""
+
+    code = "job_state_conflict"
+
+
+class LeaseLost(Conflict):
+    """This worker no longer holds the job: its lease was taken over, or the job was cancelled.
+
+    The attempt number (and the worker's id) fence reports: a worker whose lease expired and
+    was taken over by another one can no longer heartbeat, complete or fail the job.
+    """
+
+    code = "lease_lost"
 
 
 # --- 422 (exit 6): a check said no ------------------------------------------------------------
@@ -286,6 +310,10 @@ class GateFailed(CheckFailed):
     """A promotion gate failed; nothing was changed."""
 
     code = "gate_failed"
+class ValidationFailed(CheckFailed):
+    """The validation of an adapter version failed (it loaded wrong, or a smoke check said no)."""
+
+    code = "validation_failed"
 
 
 # --- 5xx: the registry's own dependencies ------------------------------------------------------

@@ -28,13 +28,23 @@ from registry.config import Settings
 from registry.context import RegistryContext
 from registry.db.engine import session_scope
 from registry.errors import BlobNotFound
+from registry.evals import queries as eval_queries
 from registry.evals import service as evals
-from registry.evals.schemas import RecordScoresIn
+from registry.evals.schemas import (
+    AttachmentOut,
+    AttachSuiteIn,
+    CreateSuiteIn,
+    RecordScoresIn,
+    SuiteOut,
+)
 from registry.events import service as events
 from registry.events.schemas import EventPageOut
 from registry.exports import service as exports
 from registry.exports.schemas import EMBEDDED, CreateExportIn, ExportOut
 from registry.formats.sources import SourceAllowlist
+from registry.jobs import queries as job_queries
+from registry.jobs import service as jobs
+from registry.jobs.schemas import ClaimedJobOut, CompleteJobIn, FailJobIn, JobOut, LeaseOut
 from registry.lifecycle import policies
 from registry.lifecycle import queries as lifecycle_queries
 from registry.lifecycle import service as lifecycle
@@ -51,6 +61,8 @@ from registry.lifecycle.schemas import (
     RollbackOut,
 )
 from registry.storage.local import LocalBlobStore
+from registry.validation import service as validation
+from registry.validation.schemas import ValidateIn
 
 
 class LocalRegistry:
@@ -58,6 +70,7 @@ class LocalRegistry:
 
     def __init__(self, settings: Settings) -> None:
         self.ctx = RegistryContext.open(settings)
+        self.handlers = validation.handlers()
 
     def blob_exists(self, digest: str) -> bool:
         with session_scope(self.ctx.sessions) as session:
@@ -247,6 +260,88 @@ class LocalRegistry:
     def list_policies(self, name: str | None) -> list[PolicyOut]:
         with session_scope(self.ctx.sessions) as session:
             return policies.list_policies(session, name=name)
+    def base_scores(self, base: str, revision: str | None = None) -> list[ScoreOut]:
+        with session_scope(self.ctx.sessions) as session:
+            return evals.base_scores_out(session, base=base, revision=revision)
+
+    def create_suite(self, body: CreateSuiteIn) -> tuple[SuiteOut, bool]:
+        with session_scope(self.ctx.sessions) as session:
+            suite, created = evals.create_suite(session, self.ctx.store, body=body,
+                                                max_bytes=self.ctx.settings.max_suite_bytes)
+            return evals.suite_out(suite), created
+
+    def get_suite(self, name: str, version: int | None = None) -> SuiteOut:
+        with session_scope(self.ctx.sessions) as session:
+            return evals.suite_out(eval_queries.get_suite(session, name=name, version=version))
+
+    def list_suites(self) -> list[SuiteOut]:
+        with session_scope(self.ctx.sessions) as session:
+            return [evals.suite_out(s) for s in eval_queries.latest_suites(session)]
+
+    def attach_suite(self, suite: str, body: AttachSuiteIn) -> AttachmentOut:
+        with session_scope(self.ctx.sessions) as session:
+            return evals.attach_suite(session, suite_name=suite, adapter_name=body.adapter,
+                                      actor=body.created_by)
+
+    def validate(self, name: str, version: int, body: ValidateIn) -> JobOut:
+        with session_scope(self.ctx.sessions) as session:
+            job = validation.request_validation(session, name=name, version=version, body=body,
+                                                settings=self.ctx.settings)
+            return jobs.show(session, job_id=job.id)
+
+    def list_jobs(self, *, status: str | None = None, limit: int = 100) -> list[JobOut]:
+        with session_scope(self.ctx.sessions) as session:
+            return [jobs.to_out(j)
+                    for j in job_queries.list_jobs(session, status=status, limit=limit)]
+
+    def get_job(self, job_id: int) -> JobOut:
+        with session_scope(self.ctx.sessions) as session:
+            return jobs.show(session, job_id=job_id)
+
+    def cancel_job(self, job_id: int) -> JobOut:
+        with session_scope(self.ctx.sessions) as session:
+            jobs.cancel(session, job_id=job_id, handlers=self.handlers)
+            return jobs.show(session, job_id=job_id)
+
+    def retry_job(self, job_id: int) -> JobOut:
+        with session_scope(self.ctx.sessions) as session:
+            jobs.retry(session, job_id=job_id)
+            return jobs.show(session, job_id=job_id)
+
+    def claim_job(self, worker: str, *,
+                  kinds: tuple[str, ...] = ("validate",)) -> ClaimedJobOut | None:
+        with session_scope(self.ctx.sessions) as session:
+            return jobs.claim(session, worker=worker, kinds=kinds, handlers=self.handlers,
+                              lease_seconds=self.ctx.settings.job_lease_seconds)
+
+    def heartbeat_job(self, job_id: int, *, worker: str, attempt: int) -> LeaseOut:
+        with session_scope(self.ctx.sessions) as session:
+            job = jobs.heartbeat(session, job_id=job_id, worker=worker, attempt=attempt,
+                                 lease_seconds=self.ctx.settings.job_lease_seconds)
+            return LeaseOut(id=job.id, status=job.status.value, attempt=job.attempts,
+                            lease_expires_at=job.lease_expires_at)
+
+    def complete_job(self, job_id: int, *, worker: str, attempt: int,
+                     report: dict[str, Any]) -> JobOut:
+        body = CompleteJobIn(worker=worker, attempt=attempt, report=report)  # the same checks
+        with session_scope(self.ctx.sessions) as session:
+            jobs.complete(session, job_id=job_id, worker=body.worker, attempt=body.attempt,
+                          report=body.report, handlers=self.handlers)
+            return jobs.show(session, job_id=job_id)
+
+    def fail_job(self, job_id: int, *, worker: str, attempt: int, error: str,
+                 result: dict[str, Any] | None = None) -> JobOut:
+        body = FailJobIn(worker=worker, attempt=attempt, error=error, result=result)
+        with session_scope(self.ctx.sessions) as session:
+            jobs.fail(session, job_id=job_id, worker=body.worker, attempt=body.attempt,
+                      error=body.error, result=body.result, handlers=self.handlers)
+            return jobs.show(session, job_id=job_id)
+
+    def release_job(self, job_id: int, *, worker: str, attempt: int) -> JobOut:
+        with session_scope(self.ctx.sessions) as session:
+            jobs.release(session, job_id=job_id, worker=worker, attempt=attempt,
+                         handlers=self.handlers)
+            return jobs.show(session, job_id=job_id)
 
     def close(self) -> None:
         self.ctx.close()

@@ -226,3 +226,26 @@ def _perturb(model: torch.nn.Module, *, seed: int) -> None:
             if param.requires_grad:
                 noise = torch.randn(param.shape, generator=gen, dtype=torch.float32)
                 param.add_((0.05 * noise).to(param.dtype))
+
+
+CHAR_TOKENS: tuple[str, ...] = (
+    "<unk>", "<s>", "</s>", "<pad>", *(chr(c) for c in range(32, 127)), "\n",
+)
+
+
+def save_char_tokenizer(path: Path) -> Path:
+    """Save a character-level tokenizer (100 tokens, fits VOCAB) that prepends ``<s>``, so the
+    tiny bases have an ``AutoTokenizer`` like real ones, without the Hub."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordLevel({t: i for i, t in enumerate(CHAR_TOKENS)},
+                                     unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex("[\\s\\S]"), behavior="isolated")
+    tok.decoder = decoders.Fuse()
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A",
+                                                       special_tokens=[("<s>", 1)])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",
+                                   unk_token="<unk>", pad_token="<pad>")
+    fast.save_pretrained(str(path))
+    return Path(path)

@@ -14,6 +14,7 @@ from registry.db.models import (
     BaseModelRow,
     EvalScore,
     Export,
+    Job,
     VersionFile,
 )
 from registry.errors import AdapterNotFound, VersionNotFound
@@ -39,6 +40,7 @@ def version_query() -> Select[AdapterVersion]:
         joinedload(AdapterVersion.aliases),
         selectinload(AdapterVersion.files).joinedload(VersionFile.blob),
         named(selectinload(AdapterVersion.scores).joinedload(EvalScore.base_model)),
+        named(selectinload(AdapterVersion.validations).joinedload(Job.base_model)),
     )
 
 

@@ -46,6 +46,26 @@ class ScoreOut(BaseModel):
     created_by: str | None = None
 
 
+class LastValidationOut(BaseModel):
+    """The version's newest validation job, as the version object shows it."""
+
+    job: int
+    status: str = Field(description="the job's status: queued, running, succeeded, failed, "
+                                    "cancelled")
+    verdict: str | None = Field(description="'validated' or 'failed' once the checks ran")
+    base: str | None
+    base_revision: str | None
+    reasons: list[str] = Field(default_factory=list)
+    device: str | None = None
+    dtype: str | None = None
+    gpu_name: str | None = None
+    timings: dict[str, float] | None = None
+    base_cache_hit: bool | None = None
+    attempts: int
+    created_at: datetime
+    finished_at: datetime | None = None
+
+
 class VersionOut(BaseModel):
     """One adapter version: what `show --json` prints and the versions endpoints return."""
 
@@ -86,6 +106,8 @@ class VersionOut(BaseModel):
     aliases: list[str] = Field(
         default_factory=list, description="the aliases pointing at this version, sorted"
     )
+    validation: LastValidationOut | None = Field(
+        default=None, description="the newest validation job (queued, running or finished)")
 
 
 class LineageNodeOut(BaseModel):

@@ -16,6 +16,7 @@ from registry.adapters.schemas import (
     CreateVersionIn,
     ExportSummaryOut,
     FileOut,
+    LastValidationOut,
     LineageNodeOut,
     LineageOut,
     ScoreOut,
@@ -29,6 +30,7 @@ from registry.compat.schemas import CompatibleBaseOut, VerdictOut
 from registry.config import Settings
 from registry.db.base import utcnow
 from registry.db.dialect import insert_ignore
+from registry.db.enums import JobKind
 from registry.db.models import (
     Adapter,
     AdapterVersion,
@@ -36,6 +38,7 @@ from registry.db.models import (
     BaseModelRow,
     EvalScore,
     Export,
+    Job,
     VersionFile,
     VersionStatus,
 )
@@ -48,6 +51,7 @@ from registry.errors import (
 from registry.events import service as events
 from registry.events import types as event_types
 from registry.formats import check_paths, inspect_adapter
+from registry.jobs import service as jobs
 from registry.refs import parse_ref, validate_name
 from registry.storage import BlobStore, manifest_digest, parse_digest
 
@@ -243,9 +247,18 @@ def create_version(
                   payload={"peft_type": version.peft_type,
                            "base_model": base.name if base else None,
                            "parent": body.parent, "content_digest": digest})
+    linked = next((c for c in verdicts if c.base_model_id == version.base_model_id), None)
+    validations: list[Job] = []
+    if settings.auto_validate and base is not None and linked is not None and linked.compatible:
+        # In the version's own transaction: a committed push always has its validation queued.
+        job = jobs.enqueue(session, kind=JobKind.validate, version_id=version.id,
+                           base_id=base.id, payload={"suites": [], "auto": True},
+                           max_attempts=settings.job_max_attempts, created_by=body.created_by)
+        set_committed_value(job, "base_model", base)
+        validations.append(job)
     # A new version has nothing else yet: the version object needs no further query.
     for attr, value in (("verdicts", verdicts), ("exports", []), ("scores", []),
-                        ("aliases", [])):
+                        ("aliases", []), ("validations", validations)):
         set_committed_value(version, attr, value)
     return version, True
 
@@ -316,6 +329,26 @@ def to_out(v: AdapterVersion) -> VersionOut:
         exports=_exports(v),
         scores=_latest_scores(v),
         aliases=[a.name for a in v.aliases],
+        validation=_last_validation(v),
+    )
+
+
+def _last_validation(v: AdapterVersion) -> LastValidationOut | None:
+    if not v.validations:
+        return None
+    job: Job = v.validations[-1]
+    result = job.result or {}
+    timings = result.get("timings")
+    return LastValidationOut(
+        job=job.id, status=job.status.value, verdict=result.get("verdict"),
+        base=job.base_model.name if job.base_model else None,
+        base_revision=job.base_model.revision if job.base_model else None,
+        reasons=[str(r) for r in result.get("reasons", [])] or ([job.error] if job.error else []),
+        device=result.get("device"), dtype=result.get("dtype"),
+        gpu_name=result.get("gpu_name"),
+        timings=timings if isinstance(timings, dict) else None,
+        base_cache_hit=result.get("base_cache_hit"), attempts=job.attempts,
+        created_at=job.created_at, finished_at=job.finished_at,
     )
 
 

@@ -37,10 +37,14 @@ from registry.context import RegistryContext
 from registry.db.engine import current_revision
 from registry.errors import RegistryError
 from registry.evals.router import router as evals_router
+from registry.evals.router import suites_router
 from registry.events.router import router as events_router
 from registry.exports.router import router as exports_router
+from registry.jobs.router import router as jobs_router
 from registry.lifecycle.router import policies_router
 from registry.lifecycle.router import router as lifecycle_router
+from registry.validation.router import router as validation_router
+from registry.validation.service import handlers as job_handlers
 
 log = logging.getLogger("registry.api")
 health = APIRouter(tags=["health"])
@@ -268,6 +272,7 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.registry = context
+    app.state.job_handlers = job_handlers()
     metrics = Metrics()
     app.state.metrics = metrics
     install_error_handlers(app)
@@ -276,6 +281,9 @@ def create_app(
     app.include_router(compat_router)
     app.include_router(exports_router)
     app.include_router(evals_router)
+    app.include_router(suites_router)
+    app.include_router(validation_router)
+    app.include_router(jobs_router)
     app.include_router(events_router)
     app.include_router(lifecycle_router)
     app.include_router(policies_router)

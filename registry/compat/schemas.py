@@ -46,7 +46,8 @@ class VerdictOut(BaseModel):
     reasons: list[FindingOut]
     warnings: list[FindingOut]
     serving: dict[str, ServingOut]
-    method: str = Field(description="'static': from tensor shapes only")
+    method: str = Field(description="'static': from tensor shapes only; 'validated': a worker "
+                                    "loaded the adapter onto the base")
     checked_at: datetime
 
 

@@ -28,6 +28,8 @@ from registry.db.models import Adapter, AdapterVersion, BaseModelRow, Compatibil
 from registry.formats import TensorInfo, parse_adapter_config
 
 METHOD_STATIC = "static"
+# A worker loaded the adapter onto the base: the verdict is what the load showed.
+METHOD_VALIDATED = "validated"
 
 # The latest registered base of a name, or None (base_models.queries.find_base).
 FindBase = Callable[[Session, str | None], BaseModelRow | None]
@@ -171,6 +173,35 @@ def verdict_for(session: Session, *, version: AdapterVersion, base: BaseModelRow
         method=row.method,
         checked_at=row.checked_at,
     )
+
+
+def record_validated(session: Session, *, version: AdapterVersion, base: BaseModelRow,
+                     compatible: bool, reasons: list[dict[str, object]]) -> Compatibility:
+    """Replace a pair's verdict with what loading it showed (``method=validated``).
+
+    The static warnings are kept (they are about serving engines and names, which a load does
+    not decide); the reasons become the load's.
+    """
+    row = session.scalars(
+        select(Compatibility).where(Compatibility.adapter_version_id == version.id,
+                                    Compatibility.base_model_id == base.id)
+    ).one_or_none()
+    warnings: list[object] = list(row.warnings) if row is not None else []
+    serving: dict[str, object] = dict(row.serving) if row is not None else {}
+    values = {"compatible": compatible, "method": METHOD_VALIDATED, "reasons": reasons,
+              "warnings": warnings, "serving": serving, "checked_at": utcnow()}
+    insert_ignore(session, Compatibility,
+                  {"adapter_version_id": version.id, "base_model_id": base.id, **values},
+                  keys=["adapter_version_id", "base_model_id"])
+    session.execute(update(Compatibility).where(
+        Compatibility.adapter_version_id == version.id,
+        Compatibility.base_model_id == base.id).values(**values))
+    session.flush()
+    return session.scalars(
+        select(Compatibility).where(Compatibility.adapter_version_id == version.id,
+                                    Compatibility.base_model_id == base.id)
+        .execution_options(populate_existing=True)
+    ).one()
 
 
 def compatible_versions(session: Session, *, base: BaseModelRow) -> list[CompatibleVersionOut]:

@@ -1,4 +1,4 @@
-"""ORM models: blobs, base models, adapters, versions, files, compatibility verdicts, exports."""
+"""ORM models: blobs, bases, adapters, versions, verdicts, exports, jobs, evals, aliases, events."""
 
 from __future__ import annotations
 
@@ -236,6 +236,12 @@ class AdapterVersion(Base):
     scores: Mapped[list[EvalScore]] = relationship(viewonly=True, order_by="EvalScore.id")
     # The aliases pointing here, read by the version object like ``scores``.
     aliases: Mapped[list[Alias]] = relationship(viewonly=True, order_by="Alias.name")
+    # The version object's last validation, read the same way (adapters never import jobs).
+    validations: Mapped[list[Job]] = relationship(
+        viewonly=True, order_by="Job.id",
+        primaryjoin="and_(AdapterVersion.id == foreign(Job.adapter_version_id), "
+                    "Job.kind == 'validate')",
+    )
 
 
 class VersionFile(Base):

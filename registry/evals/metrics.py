@@ -1,7 +1,8 @@
 """Metric names and directions (pure): which way is better for a metric, and why.
 
 A metric's direction comes from its name: the words below mark lower-is-better metrics
-(perplexity, losses, error rates, latencies, sizes); every other metric (accuracy, pass rate,
+(perplexity, losses, error rates, latencies, sizes, dropped tensors,
+non-finite outputs); every other metric (accuracy, pass rate,
 F1, BLEU, …) is higher-is-better. Promotion gates (``--no-regression``) and score comparisons
 read the direction here, so there is one rule.
 """
@@ -18,7 +19,7 @@ METRIC_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.,:/-]{0,99}$")
 
 LOWER_IS_BETTER_WORDS: tuple[str, ...] = (
     "perplexity", "ppl", "loss", "nll", "error", "wer", "cer", "latency", "time", "seconds",
-    "ms", "bytes", "memory", "mem",
+    "ms", "bytes", "memory", "mem", "dropped", "nonfinite",
 )
 _WORD = re.compile(r"[a-z]+")
 

@@ -1,18 +1,37 @@
-"""Eval score routes: record scores computed elsewhere, list a version's newest scores."""
+"""Eval routes: record scores computed elsewhere, list scores (a version's, a base's own), and
+eval suites (add, list, show, attach)."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Query, Response
 
 from registry.adapters.queries import get_version
 from registry.adapters.schemas import ScoreOut
 from registry.adapters.service import to_out
-from registry.api.deps import AdapterName, SessionDep, VersionNumber
+from registry.api.deps import (
+    AdapterName,
+    BaseRevision,
+    SessionDep,
+    SettingsDep,
+    StoreDep,
+    VersionNumber,
+)
 from registry.api.responses import error_responses
-from registry.evals import service
-from registry.evals.schemas import RecordScoresIn
+from registry.evals import queries, service
+from registry.evals.schemas import (
+    AttachmentOut,
+    AttachSuiteIn,
+    CreateSuiteIn,
+    RecordScoresIn,
+    SuiteOut,
+)
 
 router = APIRouter(prefix="/api/v1/adapters", tags=["evals"])
+suites_router = APIRouter(prefix="/api/v1", tags=["evals"])
+
+SuiteName = Annotated[str, Path(max_length=100, description="suite name")]
 
 
 @router.post("/{name:path}/versions/{version}/evals", response_model=list[ScoreOut],
@@ -28,3 +47,46 @@ def record_scores(name: AdapterName, version: VersionNumber, body: RecordScoresI
 def list_scores(name: AdapterName, version: VersionNumber, session: SessionDep) -> list[ScoreOut]:
     """The newest score of each suite.metric of the version, on each base."""
     return to_out(get_version(session, name=name, version=version)).scores
+
+
+@suites_router.get("/base-models/{name:path}/evals", response_model=list[ScoreOut])
+def base_scores(name: AdapterName, session: SessionDep,
+                revision: BaseRevision = None) -> list[ScoreOut]:
+    """The base model's own newest scores (e.g. its perplexity on a suite)."""
+    return service.base_scores_out(session, base=name, revision=revision)
+
+
+@suites_router.post("/suites", response_model=SuiteOut, status_code=201,
+                    responses={200: {"description": "the same suite content was added before"}})
+def create_suite(body: CreateSuiteIn, session: SessionDep, store: StoreDep,
+                 settings: SettingsDep, response: Response) -> SuiteOut:
+    """Add a suite version from uploaded files (every line checked; 422 names a bad line)."""
+    suite, created = service.create_suite(session, store, body=body,
+                                          max_bytes=settings.max_suite_bytes)
+    if not created:
+        response.status_code = 200
+    return service.suite_out(suite)
+
+
+@suites_router.get("/suites", response_model=list[SuiteOut])
+def list_suites(session: SessionDep) -> list[SuiteOut]:
+    """The latest version of every suite."""
+    return [service.suite_out(s) for s in queries.latest_suites(session)]
+
+
+@suites_router.get("/suites/{name}", response_model=SuiteOut)
+def show_suite(name: SuiteName, session: SessionDep,
+               version: Annotated[int | None, Query(ge=1, le=2**31 - 1)] = None) -> SuiteOut:
+    return service.suite_out(queries.get_suite(session, name=name, version=version))
+
+
+@suites_router.post("/suites/{name}/attachments", response_model=AttachmentOut,
+                    status_code=201, responses={200: {"description": "attached already"}})
+def attach_suite(name: SuiteName, body: AttachSuiteIn, session: SessionDep,
+                 response: Response) -> AttachmentOut:
+    """Run the suite on every validation of an adapter (refused when its kind does not fit)."""
+    out = service.attach_suite(session, suite_name=name, adapter_name=body.adapter,
+                               actor=body.created_by)
+    if not out.created:
+        response.status_code = 200
+    return out

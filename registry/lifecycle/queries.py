@@ -9,7 +9,16 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, aliased, joinedload
 
 from registry.adapters.queries import get_adapter, get_version, version_query
-from registry.db.models import Adapter, AdapterVersion, Alias, Compatibility, EvalScore, Export
+from registry.db.models import (
+    Adapter,
+    AdapterVersion,
+    Alias,
+    Compatibility,
+    EvalScore,
+    Export,
+    Job,
+    JobKind,
+)
 from registry.errors import AliasNotFound
 from registry.refs import Ref, validate_alias, validate_name
 
@@ -85,8 +94,17 @@ def alias_stamp(session: Session, *, name: str, alias: str) -> tuple[object, ...
     """
     vid = AdapterVersion.id
     held = aliased(Alias)  # every alias on the version, not only the one resolved
+
     def scalar(column: Any, where: Any) -> Any:
         return select(column).where(where).scalar_subquery()
+
+    # The version object shows its newest validation job: its id, status, attempts and end.
+    # (Its own alias of jobs: the subqueries below select from jobs too, and would otherwise
+    # correlate this one to themselves.)
+    newest = aliased(Job)
+    last_job = (select(newest.id)
+                .where(newest.adapter_version_id == vid, newest.kind == JobKind.validate)
+                .order_by(newest.id.desc()).limit(1).correlate_except(newest).scalar_subquery())
 
     stmt = (
         select(
@@ -98,6 +116,10 @@ def alias_stamp(session: Session, *, name: str, alias: str) -> tuple[object, ...
             scalar(func.max(Compatibility.checked_at), Compatibility.adapter_version_id == vid),
             scalar(func.count(held.id), held.version_id == vid),
             scalar(func.max(held.updated_at), held.version_id == vid),
+            last_job,
+            scalar(Job.status, Job.id == last_job),
+            scalar(Job.attempts, Job.id == last_job),
+            scalar(Job.finished_at, Job.id == last_job),
         )
         .select_from(Alias)
         .join(Adapter, Adapter.id == Alias.adapter_id)

@@ -401,3 +401,26 @@ def test_resolve_serves_the_current_version_object(http, settings: Settings, ada
     promote(http, 1)
     assert http.resolve_alias("bot", "production") == http.get_version("bot", 1)
     assert http.resolve_alias("bot", "production").aliases == ["production"]
+
+
+def test_resolve_shows_the_validation_job_as_it_moves(http, settings: Settings, adapters_dir,
+                                                      base_dirs):
+    """The version object's last validation is part of what a cached resolve must notice:
+    queued, claimed (running), released (queued again), claimed by another worker."""
+    register_base_dir(http, name="tiny-llama", directory=base_dirs["llama"], settings=settings)
+    push(http, name="bot", directory=adapters_dir["lora"], settings=settings,
+         base_model="tiny-llama")  # auto-validate queues a job
+    promote(http, 1)
+    queued = http.resolve_alias("bot", "production").validation
+    assert queued is not None and queued.status == "queued"
+    claimed = http.claim_job("w1")
+    assert claimed is not None
+    running = http.resolve_alias("bot", "production").validation
+    assert running is not None and (running.status, running.attempts) == ("running", 1)
+    http.release_job(claimed.job.id, worker="w1", attempt=claimed.attempt)
+    released = http.resolve_alias("bot", "production").validation
+    assert released is not None and released.status == "queued"
+    assert http.claim_job("w2") is not None
+    seen = http.resolve_alias("bot", "production").validation
+    assert seen is not None and seen.status == "running"
+    assert http.resolve_alias("bot", "production") == http.get_version("bot", 1)

@@ -1,0 +1,1 @@
+"""Jobs: the durable queue workers claim work from (enqueue, claim, lease, heartbeat, report)."""

@@ -1,0 +1,98 @@
+"""Job routes: list, show, cancel, retry, and the worker endpoints (claim, heartbeat, complete,
+fail, release)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Response
+
+from registry.api.deps import HandlersDep, JobId, SessionDep, SettingsDep
+from registry.jobs import queries, service
+from registry.jobs.schemas import (
+    ClaimedJobOut,
+    ClaimIn,
+    CompleteJobIn,
+    FailJobIn,
+    JobOut,
+    LeaseIn,
+    LeaseOut,
+)
+
+router = APIRouter(prefix="/api/v1/jobs", tags=["jobs"])
+
+
+@router.get("", response_model=list[JobOut])
+def list_jobs(
+    session: SessionDep,
+    status: Annotated[str | None, Query(max_length=16)] = None,
+    kind: Annotated[str | None, Query(max_length=16)] = None,
+    limit: Annotated[int, Query(ge=1, le=queries.MAX_LIST)] = 100,
+) -> list[JobOut]:
+    """Every job, newest first (finished ones included)."""
+    return [service.to_out(j)
+            for j in queries.list_jobs(session, status=status, kind=kind, limit=limit)]
+
+
+@router.post("/claim", response_model=ClaimedJobOut,
+             responses={204: {"description": "nothing is claimable now"}})
+def claim(body: ClaimIn, session: SessionDep, settings: SettingsDep,
+          handlers: HandlersDep) -> ClaimedJobOut | Response:
+    """Take the next claimable job (queued, or running with an expired lease)."""
+    claimed = service.claim(session, worker=body.worker, kinds=body.kinds,
+                            lease_seconds=settings.job_lease_seconds, handlers=handlers)
+    return Response(status_code=204) if claimed is None else claimed
+
+
+@router.get("/{job_id}", response_model=JobOut)
+def show_job(job_id: JobId, session: SessionDep) -> JobOut:
+    return service.show(session, job_id=job_id)
+
+
+@router.post("/{job_id}/heartbeat", response_model=LeaseOut)
+def heartbeat(job_id: JobId, body: LeaseIn, session: SessionDep,
+              settings: SettingsDep) -> LeaseOut:
+    """Renew the lease; 409 ``lease_lost`` when the job was taken over or cancelled."""
+    job = service.heartbeat(session, job_id=job_id, worker=body.worker, attempt=body.attempt,
+                            lease_seconds=settings.job_lease_seconds)
+    return LeaseOut(id=job.id, status=job.status.value, attempt=job.attempts,
+                    lease_expires_at=job.lease_expires_at)
+
+
+@router.post("/{job_id}/complete", response_model=JobOut)
+def complete(job_id: JobId, body: CompleteJobIn, session: SessionDep,
+             handlers: HandlersDep) -> JobOut:
+    """The worker's report; 409 ``lease_lost`` from a worker that no longer holds the job."""
+    job = service.complete(session, job_id=job_id, worker=body.worker, attempt=body.attempt,
+                           report=body.report, handlers=handlers)
+    return service.show(session, job_id=job.id)
+
+
+@router.post("/{job_id}/fail", response_model=JobOut)
+def fail(job_id: JobId, body: FailJobIn, session: SessionDep, handlers: HandlersDep) -> JobOut:
+    """The worker could not run the job (no verdict)."""
+    job = service.fail(session, job_id=job_id, worker=body.worker, attempt=body.attempt,
+                       error=body.error, result=body.result, handlers=handlers)
+    return service.show(session, job_id=job.id)
+
+
+@router.post("/{job_id}/release", response_model=JobOut)
+def release(job_id: JobId, body: LeaseIn, session: SessionDep, handlers: HandlersDep) -> JobOut:
+    """A stopping worker hands the job back to the queue (the attempt does not count)."""
+    job = service.release(session, job_id=job_id, worker=body.worker, attempt=body.attempt,
+                          handlers=handlers)
+    return service.show(session, job_id=job.id)
+
+
+@router.post("/{job_id}/cancel", response_model=JobOut)
+def cancel(job_id: JobId, session: SessionDep, handlers: HandlersDep) -> JobOut:
+    """Cancel a queued or running job; 409 when it already finished."""
+    job = service.cancel(session, job_id=job_id, handlers=handlers)
+    return service.show(session, job_id=job.id)
+
+
+@router.post("/{job_id}/retry", response_model=JobOut)
+def retry(job_id: JobId, session: SessionDep) -> JobOut:
+    """Queue a failed or cancelled job again; 409 otherwise."""
+    job = service.retry(session, job_id=job_id)
+    return service.show(session, job_id=job.id)

@@ -1,0 +1,1 @@
+"""Validation, server side: request one, hand a worker its spec, record what the worker found."""

@@ -1,0 +1,24 @@
+"""Validation route: enqueue a validation of a version (checked first; nothing is queued on a
+bad request)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from registry.api.deps import AdapterName, SessionDep, SettingsDep, VersionNumber
+from registry.jobs import service as jobs
+from registry.jobs.schemas import JobOut
+from registry.validation import service
+from registry.validation.schemas import ValidateIn
+
+router = APIRouter(prefix="/api/v1/adapters", tags=["validation"])
+
+
+@router.post("/{name:path}/versions/{version}/validate", response_model=JobOut,
+             status_code=201)
+def validate(name: AdapterName, version: VersionNumber, body: ValidateIn, session: SessionDep,
+             settings: SettingsDep) -> JobOut:
+    """Queue a validation: smoke, the suites named here, and the adapter's attached suites."""
+    job = service.request_validation(session, name=name, version=version, body=body,
+                                     settings=settings)
+    return jobs.show(session, job_id=job.id)
