@@ -1,0 +1,1 @@
+"""Access control: API tokens, scopes and namespaces (issue 13)."""
