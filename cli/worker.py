@@ -25,7 +25,8 @@ def worker(state: CliState, once: bool, device: str, max_cached_bases: int,
            cache_dir: Path | None) -> None:
     """Validate adapters: load each onto its base model, run smoke checks and eval suites,
     report scores. Talks to the registry through --url (no database credentials) or, without
-    it, to the embedded registry. SIGTERM finishes or releases the current job, then exits."""
+    it, to the embedded registry. SIGTERM lets the current job finish (up to
+    REGISTRY_WORKER_DRAIN_SECONDS), Ctrl-C releases it; then the worker exits."""
     from registry.clientside.worker.loop import Worker  # the worker loads torch: only here
 
     # With --json the log goes to stderr, so stdout carries exactly one JSON document.
