@@ -63,3 +63,16 @@ def running_validations(session: Session, *, version_id: int,
     if exclude is not None:
         stmt = stmt.where(Job.id != exclude)
     return len(session.scalars(stmt).all())
+
+
+def pending_validation(session: Session, *, version_id: int, base_id: int,
+                       suites: list[str]) -> Job | None:
+    """The oldest queued or running validate job of this version on this base with exactly
+    these suites, if any: asking again for what is already on its way gets that job."""
+    stmt = select(Job).where(Job.adapter_version_id == version_id, Job.base_model_id == base_id,
+                             Job.kind == JobKind.validate,
+                             Job.status.in_([JobStatus.queued, JobStatus.running]))
+    for job in session.scalars(stmt.order_by(Job.id)):
+        if job.payload.get("suites") == suites:
+            return job
+    return None
