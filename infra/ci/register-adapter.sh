@@ -6,7 +6,7 @@
 #   register-adapter.sh NAME ADAPTER_DIR [METRIC=VALUE ...]
 #
 # Environment:
-#   REGISTRY_URL, REGISTRY_TOKEN  the registry, and a token with the write and promote scopes
+#   REGISTRY_URL, REGISTRY_TOKEN  the registry, and a token with the push and promote scopes
 #   BASE_MODEL                    the registered base model the adapter was trained on
 #   RUN_ID                        the CI run (GitHub: github.run_id; GitLab: CI_PIPELINE_ID):
 #                                 the push's idempotency key, so a re-run pushes nothing new
