@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -76,6 +77,9 @@ class Settings(BaseSettings):
     worker_cache_bytes: int = 64 * GiB
     # Largest eval suite file (suites are read whole by workers and checked line by line).
     max_suite_bytes: int = 64 * MiB
+    # Server and worker logs on stderr: "text", or "json" (one object per line; see
+    # registry/observability/logs.py).
+    log_format: Literal["text", "json"] = "text"
 
     @model_validator(mode="after")
     def _check_limits(self) -> Settings:
