@@ -30,6 +30,7 @@ def worker(state: CliState, once: bool, device: str, max_cached_bases: int,
     report scores. Talks to the registry through --url (no database credentials) or, without
     it, to the embedded registry. SIGTERM finishes or releases the current job, then exits."""
     import logging
+    import os
 
     from registry.clientside.worker.loop import JobLine, Worker  # loads torch: only here
     from registry.errors import InvalidInput
@@ -45,8 +46,16 @@ def worker(state: CliState, once: bool, device: str, max_cached_bases: int,
             raise InvalidInput(f"--metrics-port {metrics_port}: {exc.strerror or exc}"
                                ) from None
     if settings.log_format == "json":
-        # JSON lines on stderr (stdout keeps --json's one document), a job's fields as keys.
+        # JSON lines on stderr (stdout keeps --json's one document), a job's fields as keys:
+        # Python warnings and transformers' own log go through the same handler, and the
+        # progress bars of model loading (not lines) are off.
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
         configure_logging("json")
+        import transformers.utils.logging as hf_logging  # the worker loads it anyway
+
+        hf_logging.disable_default_handler()
+        hf_logging.enable_propagation()
+        hf_logging.disable_progress_bar()
         logger = logging.getLogger("registry.worker")
 
         def log(line: str) -> None:
