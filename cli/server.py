@@ -19,14 +19,19 @@ def server(state: CliState, host: str, port: int, log_level: str) -> None:
 
     from registry.api.app import create_app
     from registry.context import RegistryContext
+    from registry.observability.logs import configure_logging
     from registry.storage.local import LocalBlobStore
 
     settings = state.settings()
+    # One handler for every logger (uvicorn's too), in REGISTRY_LOG_FORMAT; the registry logs
+    # one line per request itself, so uvicorn's access log is off.
+    configure_logging(settings.log_format, log_level)
     context = RegistryContext.open(settings)  # fail fast, with a one-line reason, before binding
     if isinstance(context.store, LocalBlobStore):
         # Uploads a killed server left in this host's temp directory (live ones hold a lock).
         context.store.cleanup_temp(settings.gc_grace_seconds)
     try:
-        uvicorn.run(create_app(context=context), host=host, port=port, log_level=log_level)
+        uvicorn.run(create_app(context=context), host=host, port=port, log_level=log_level,
+                    log_config=None, access_log=False)
     finally:
         context.close()

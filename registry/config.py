@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -125,6 +126,10 @@ class Settings(BaseSettings):
         description="After SIGTERM a worker lets its running job finish for this long, then "
                     "releases it to the queue at its next step and exits (Ctrl-C releases at "
                     "once). Keep a pod's termination grace period above it.")
+    log_format: Literal["text", "json"] = Field(
+        default="text",
+        description="Server and worker logs on stderr: `text`, or `json` (one object per line, "
+                    "with the request id).")
 
     @model_validator(mode="after")
     def _check_limits(self) -> Settings:

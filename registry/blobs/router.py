@@ -207,8 +207,12 @@ async def _receive(request: Request, ctx: RegistryContext, digest: str | None) -
             inflight = None
         if pending:
             await run_in_threadpool(write_all, pending)
-        return await run_in_threadpool(
+        stored = await run_in_threadpool(
             lambda: service.finish_upload(ctx.sessions, writer, pin_seconds=pin_seconds))
+        metrics = getattr(request.app.state, "metrics", None)  # the app's ApiMetrics
+        if metrics is not None:
+            metrics.observe_blob_bytes("in", stored[1])
+        return stored
     except BaseException:
         if inflight is not None:
             await asyncio.gather(inflight, return_exceptions=True)

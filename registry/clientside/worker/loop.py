@@ -28,6 +28,7 @@ from registry.backend import RegistryBackend
 from registry.config import Settings
 from registry.errors import InvalidInput, LeaseLost, RegistryError
 from registry.jobs.schemas import ClaimedJobOut
+from registry.observability.metrics import WorkerMetrics
 from registry.validation.schemas import ValidationSpec
 
 IDLE_POLL_SECONDS = (0.5, 5.0)  # first and longest wait between empty claims
@@ -97,6 +98,16 @@ class JobLine:
     detail: str | None = None
     seconds: float = 0.0
 
+    @property
+    def outcome(self) -> str:
+        """validated | failed (a verdict), else how the job ended: failed, released, lost,
+        unreported."""
+        return self.verdict or self.status
+
+    def summary(self) -> str:
+        return (f"job {self.id}: {self.ref} {self.outcome}"
+                + (f": {self.detail}" if self.detail else "") + f" ({self.seconds:.1f} s)")
+
     def to_json(self) -> dict[str, Any]:
         return {"id": self.id, "ref": self.ref, "status": self.status, "verdict": self.verdict,
                 "attempt": self.attempt, "detail": self.detail,
@@ -115,6 +126,10 @@ class Worker:
     cache_dir: Path | None = None
     once: bool = False
     log: Callable[[str], None] = print
+    # The line written when a job ends (default: ``log`` of a text line); the CLI's JSON logs
+    # pass one that writes the job's fields.
+    log_job: Callable[[JobLine, str], None] | None = None
+    metrics: WorkerMetrics | None = None
     id: str = field(default_factory=worker_id)
     # Setting ``stopping`` directly (an embedder) releases the running job at its next step;
     # a signal first sets ``release_at`` (see _on_signal).
@@ -219,9 +234,12 @@ class Worker:
             self._fail(claimed, line, f"worker error: {type(exc).__name__}: "
                                       f"{str(exc).splitlines()[0][:500] if str(exc) else ''}")
         line.seconds = time.perf_counter() - start
-        outcome = line.verdict or line.status
-        self.log(f"job {job.id}: {job.ref} {outcome}"
-                 + (f": {line.detail}" if line.detail else "") + f" ({line.seconds:.1f} s)")
+        if self.metrics is not None:
+            self.metrics.observe_job(kind=job.kind, outcome=line.outcome, seconds=line.seconds)
+        if self.log_job is not None:
+            self.log_job(line, job.kind)
+        else:
+            self.log(line.summary())
         return line
 
     def _fail(self, claimed: ClaimedJobOut, line: JobLine, error: str) -> None:
