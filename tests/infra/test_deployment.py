@@ -89,6 +89,9 @@ def test_compose_images_pinned_and_health_checked(compose):
         "service_completed_successfully"
     assert services["migrate"]["command"] == ["adapter-registry", "db", "upgrade"]
     assert services["api"]["command"][:2] == ["adapter-registry", "server"]
+    worker = services["worker"]
+    port = worker["command"][worker["command"].index("--metrics-port") + 1]
+    assert f"127.0.0.1:{port}/metrics" in " ".join(worker["healthcheck"]["test"])
     assert "mc mb --ignore-existing local/adapters" in " ".join(
         services["create-bucket"]["command"])
 
@@ -325,6 +328,10 @@ def test_workers(rendered):
     cache_dir = c["command"][c["command"].index("--cache-dir") + 1]
     [mount] = [m for m in c["volumeMounts"] if m["mountPath"] == cache_dir]
     [volume] = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+    # Liveness: the worker's own metrics endpoint, on the port --metrics-port opens.
+    port = int(c["command"][c["command"].index("--metrics-port") + 1])
+    probe_port = c["livenessProbe"]["httpGet"]["port"]
+    assert {p["name"]: p["containerPort"] for p in c["ports"]}[probe_port] == port
     device = c["command"][c["command"].index("--device") + 1]
     gpu = c["resources"]["limits"].get("nvidia.com/gpu")
     if overlay == "dev":
