@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -77,6 +78,12 @@ class Settings(BaseSettings):
     # Largest eval suite file (suites are read whole by workers and checked line by line).
     max_suite_bytes: int = 64 * MiB
 
+    # Access control (registry.auth): "required" makes every API route but /healthz, /readyz
+    # and /metrics demand a bearer token with the route's scope; "off" (a laptop, a test, the
+    # embedded CLI) lets every request through. The server refuses to listen on a
+    # non-loopback address with auth off unless started with --insecure.
+    auth: Literal["required", "off"] = "off"
+
     @model_validator(mode="after")
     def _check_limits(self) -> Settings:
         for name in ("max_file_bytes", "max_files_per_version", "max_config_bytes",
@@ -132,6 +139,10 @@ class Settings(BaseSettings):
             pool_seconds=self.db_pool_timeout_seconds,
             statement_seconds=self.db_statement_timeout_seconds,
         )
+
+    @property
+    def auth_required(self) -> bool:
+        return self.auth == "required"
 
     @property
     def should_migrate(self) -> bool:
