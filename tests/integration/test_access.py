@@ -290,6 +290,16 @@ def test_the_token_is_the_actor_and_force_needs_admin(live_server):
                       params={"since": "2999-01-01T00:00:00Z"}).json()
     assert since["events"] == []
 
+    # The client asks whoami for the provenance the server records for its exports.
+    from registry.client import HttpRegistry
+
+    for token, expected in ((ci, "token:ci"), (None, None)):
+        client = HttpRegistry(base, token=token)
+        try:
+            assert client.export_provenance() == expected
+        finally:
+            client.close()
+
     # whoami: any valid token, whatever its scopes.
     r = httpx.get(f"{base}/api/v1/auth/whoami", headers=bearer(ci))
     assert r.json() == {"name": "ci", "scopes": ["push", "read"], "namespaces": [],
