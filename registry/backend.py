@@ -19,6 +19,7 @@ Optional capabilities (a backend may answer "not available" and callers fall bac
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
@@ -29,6 +30,7 @@ from registry.adapters.schemas import (
     ScoreOut,
     VersionOut,
 )
+from registry.auth.schemas import CreatedTokenOut, CreateTokenIn, TokenOut
 from registry.base_models.schemas import BaseModelOut, RegisterBaseIn
 from registry.compat.schemas import CompatibleBaseOut, CompatibleVersionOut, VerdictOut
 from registry.evals.schemas import (
@@ -103,6 +105,13 @@ class RegistryBackend(Protocol):
     # "token:NAME"), or None when it cannot tell this caller from anyone else (a server
     # without tokens): a client trusts recorded exports of its own provenance.
     def export_provenance(self) -> str | None: ...
+
+    # access control: tokens (admin over HTTP; the embedded registry bootstraps them)
+    def create_token(self, body: CreateTokenIn) -> CreatedTokenOut: ...
+    def list_tokens(self) -> list[TokenOut]: ...
+    def revoke_token(self, name: str) -> TokenOut: ...
+    def audit(self, *, since: datetime | None = None, after: int = 0,
+              limit: int = 1000) -> EventPageOut: ...
 
     # --- evals and events ---
     def record_scores(self, name: str, version: int,

@@ -131,6 +131,14 @@ class Settings(BaseSettings):
         description="Server and worker logs on stderr: `text`, or `json` (one object per line, "
                     "with the request id).")
 
+    # Access control (registry.auth).
+    auth: Literal["required", "off"] = Field(
+        default="off",
+        description="`required`: every API route but /healthz, /readyz and /metrics needs a "
+                    "bearer token with the route's scope (see \"Access control\"); `off` (a "
+                    "laptop, a test, the embedded CLI): every request is allowed, and `server` "
+                    "refuses a non-loopback address unless started with `--insecure`.")
+
     @model_validator(mode="after")
     def _check_limits(self) -> Settings:
         for name in ("max_file_bytes", "max_files_per_version", "max_config_bytes",
@@ -188,6 +196,10 @@ class Settings(BaseSettings):
             pool_seconds=self.db_pool_timeout_seconds,
             statement_seconds=self.db_statement_timeout_seconds,
         )
+
+    @property
+    def auth_required(self) -> bool:
+        return self.auth == "required"
 
     @property
     def should_migrate(self) -> bool:

@@ -6,6 +6,7 @@ per call, exactly as the routers do.
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -18,6 +19,8 @@ from registry.adapters.schemas import (
     ScoreOut,
     VersionOut,
 )
+from registry.auth import service as tokens
+from registry.auth.schemas import CreatedTokenOut, CreateTokenIn, TokenOut
 from registry.backend import Progress
 from registry.base_models import queries as base_queries
 from registry.base_models import service as base_models
@@ -191,6 +194,30 @@ class LocalRegistry:
 
     def export_provenance(self) -> str | None:
         return EMBEDDED
+
+    # Tokens on the database directly: how the first admin token is made (bootstrap). Whoever
+    # can open the database is trusted already; the actor recorded is None (embedded).
+
+    def create_token(self, body: CreateTokenIn) -> CreatedTokenOut:
+        expires = (timedelta(seconds=body.expires_in_seconds)
+                   if body.expires_in_seconds is not None else None)
+        with session_scope(self.ctx.sessions) as session:
+            return tokens.create_token(session, name=body.name,
+                                       scopes=[s.value for s in body.scopes],
+                                       namespaces=body.namespaces, expires_in=expires)
+
+    def list_tokens(self) -> list[TokenOut]:
+        with session_scope(self.ctx.sessions) as session:
+            return tokens.list_tokens(session)
+
+    def revoke_token(self, name: str) -> TokenOut:
+        with session_scope(self.ctx.sessions) as session:
+            return tokens.revoke_token(session, name=name)
+
+    def audit(self, *, since: datetime | None = None, after: int = 0,
+              limit: int = 1000) -> EventPageOut:
+        with session_scope(self.ctx.sessions) as session:
+            return events.page(session, after=after, limit=limit, since=since)
 
     def local_blob_path(self, digest: str) -> Path | None:
         """The blob's own file when the store is a local directory (no copy needed)."""

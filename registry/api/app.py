@@ -21,8 +21,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 import registry
 from registry.adapters.router import router as adapters_router
 from registry.admin.router import router as admin_router
-from registry.api.deps import get_context, require
+from registry.api.audit import router as audit_router
+from registry.api.deps import document_access, get_context, require
 from registry.api.errors import install_error_handlers
+from registry.auth.router import router as auth_router
 from registry.base_models.router import compat_router
 from registry.base_models.router import router as base_models_router
 from registry.blobs.router import router as blobs_router
@@ -45,7 +47,8 @@ from registry.validation.service import handlers as job_handlers
 
 log = logging.getLogger("registry.api")
 access_log = logging.getLogger("registry.access")
-health = APIRouter(tags=["health"])
+# Open on purpose (probes and scrapers carry no token): require(None) records the decision.
+health = APIRouter(tags=["health"], dependencies=[require(None)])
 MAX_JSON_BODY = 8 * 1024 * 1024
 
 
@@ -325,6 +328,8 @@ def create_app(
     app.include_router(adapters_router)
     app.include_router(base_models_router)
     app.include_router(admin_router)
+    app.include_router(auth_router)
+    app.include_router(audit_router)
 
     @app.get("/metrics", tags=["health"], include_in_schema=False,
              dependencies=[require(None)])
@@ -333,5 +338,6 @@ def create_app(
         return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
     app.add_middleware(RequestMiddleware, metrics=metrics)
+    document_access(app.routes)
 
     return app

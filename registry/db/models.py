@@ -1,4 +1,5 @@
-"""ORM models: blobs, bases, adapters, versions, verdicts, exports, jobs, evals, aliases, events."""
+"""ORM models: blobs, bases, adapters, versions, verdicts, exports, jobs, evals, aliases, events,
+API tokens."""
 
 from __future__ import annotations
 
@@ -40,6 +41,7 @@ __all__ = [
     "Alias",
     "AliasAction",
     "AliasEvent",
+    "ApiToken",
     "BaseModelFile",
     "BaseModelRow",
     "Blob",
@@ -564,3 +566,28 @@ class Event(Base):
     actor: Mapped[str | None] = mapped_column(String(200))
     payload: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+
+# --- access control: API tokens ---------------------------------------------------------------
+
+
+class ApiToken(Base):
+    """A named API token: only the SHA-256 of its secret is kept (the secret is shown once).
+
+    Secrets are 32 random bytes, so a plain hash is enough (nothing to brute-force); a token
+    is looked up by its hash. Revoked tokens keep their row (and name): the audit log names
+    them.
+    """
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    secret_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    scopes: Mapped[list[str]] = mapped_column(JSON)
+    # Empty: every adapter; otherwise only NS/* adapters for NS in it.
+    namespaces: Mapped[list[str]] = mapped_column(JSON)
+    expires_at: Mapped[datetime | None] = mapped_column()
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_by: Mapped[str | None] = mapped_column(String(200))
+    revoked_at: Mapped[datetime | None] = mapped_column()
