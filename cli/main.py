@@ -21,6 +21,7 @@ from cli import (
     server,
     suites,
     validate,
+    webhook,
     worker,
 )
 from cli.output import CliState, exit_code_for, fail
@@ -99,6 +100,7 @@ cli.add_command(suites.suite)
 cli.add_command(validate.validate)
 cli.add_command(jobs.jobs)
 cli.add_command(worker.worker)
+cli.add_command(webhook.webhook)
 
 
 def main() -> None:

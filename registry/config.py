@@ -77,6 +77,22 @@ class Settings(BaseSettings):
     # Largest eval suite file (suites are read whole by workers and checked line by line).
     max_suite_bytes: int = 64 * MiB
 
+    # Webhooks (registry/events/dispatcher.py): a failed delivery is retried after base * 2^(n-1)
+    # seconds (fractions allowed), each wait capped at retry_max, until give_up seconds after
+    # the event; then it is failed. Sends time out after timeout seconds; a claimed delivery
+    # is leased for lease seconds (a dead server's are taken over after it). The dispatcher
+    # looks for due deliveries every poll seconds (at once after a change in this process),
+    # sending up to concurrency at a time. allow_private: also deliver to private, loopback
+    # and link-local addresses (a test, a private network); refused by default (SSRF).
+    webhook_retry_base_seconds: float = 10.0
+    webhook_retry_max_seconds: float = 3600.0
+    webhook_give_up_seconds: float = 24 * 3600.0
+    webhook_timeout_seconds: float = 10.0
+    webhook_lease_seconds: float = 60.0
+    webhook_poll_seconds: float = 1.0
+    webhook_concurrency: int = 4
+    webhook_allow_private: bool = False
+
     @model_validator(mode="after")
     def _check_limits(self) -> Settings:
         for name in ("max_file_bytes", "max_files_per_version", "max_config_bytes",
@@ -97,8 +113,23 @@ class Settings(BaseSettings):
                              "REGISTRY_MAX_SUITE_BYTES positive")
         if self.s3_part_bytes < 5 * MiB:
             raise ValueError("REGISTRY_S3_PART_BYTES must be at least 5 MiB (S3 minimum part size)")
+        self._check_webhooks()
         self.base_source_allowlist()  # a malformed entry fails at start-up, not per request
         return self
+
+    def _check_webhooks(self) -> None:
+        for name in ("webhook_retry_base_seconds", "webhook_retry_max_seconds",
+                     "webhook_give_up_seconds", "webhook_timeout_seconds",
+                     "webhook_poll_seconds"):
+            value = getattr(self, name)
+            if not (value > 0 and value < float("inf")):
+                raise ValueError(f"REGISTRY_{name.upper()} must be a positive number")
+        if self.webhook_lease_seconds <= self.webhook_timeout_seconds:
+            # A lease shorter than a send would let a second server send the same delivery.
+            raise ValueError("REGISTRY_WEBHOOK_LEASE_SECONDS must exceed "
+                             "REGISTRY_WEBHOOK_TIMEOUT_SECONDS")
+        if not 1 <= self.webhook_concurrency <= 64:
+            raise ValueError("REGISTRY_WEBHOOK_CONCURRENCY must be between 1 and 64")
 
     def base_source_allowlist(self) -> SourceAllowlist:
         """REGISTRY_BASE_SOURCES parsed.
