@@ -95,3 +95,23 @@ def test_backoff_doubles_from_the_base_and_is_capped():
     assert backoff(30, base=10, cap=3600) == 3600
     assert backoff(10_000, base=0.05, cap=1) == 1
     assert backoff(1, base=0.05, cap=1) == pytest.approx(0.05)
+
+
+def test_the_readme_verification_example_verifies_our_signatures():
+    from pathlib import Path
+
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    section = readme[readme.index("### Webhooks"):]
+    start = section.index("```python\n") + len("```python\n")
+    code = section[start:section.index("\n```", start)]
+    assert len(code.strip().splitlines()) == 5
+    scope: dict[str, object] = {}
+    exec(code, scope)
+    verify = scope["verify"]
+    secret, body = generate_secret(), b'{"id":"evt_1"}'
+    headers = {"webhook-id": "evt_1", "webhook-timestamp": "1700000000",
+               "webhook-signature": sign(secret, msg_id="evt_1", timestamp=1700000000,
+                                         body=body)}
+    assert verify(secret, headers, body)  # type: ignore[operator]
+    assert not verify(secret, headers, body + b" ")  # type: ignore[operator]
+    assert not verify(generate_secret(), headers, body)  # type: ignore[operator]
