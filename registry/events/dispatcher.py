@@ -161,7 +161,6 @@ def send(claimed: Claimed, *, client: httpx.Client, allow_private: bool,
         return Outcome(delivered=False, retry=False, error=exc.detail)
     except InvalidInput as exc:  # the name does not resolve (now): DNS may come back
         return Outcome(delivered=False, retry=True, error=exc.detail)
-    address = dest.addresses[0]
     headers = {
         "content-type": "application/json",
         "user-agent": f"adapter-registry-webhooks/{registry.__version__}",
@@ -170,18 +169,28 @@ def send(claimed: Claimed, *, client: httpx.Client, allow_private: bool,
                           body=claimed.body),
     }
     extensions: dict[str, Any] = {}
-    if dest.scheme == "https" and dest.host != address:
+    if dest.scheme == "https" and dest.host not in dest.addresses:
         extensions["sni_hostname"] = dest.host  # TLS name and certificate check: the host's
-    try:
-        with client.stream("POST", dest.connect_url(address), content=claimed.body,
-                           headers=headers, extensions=extensions) as response:
-            prefix = _read_prefix(response)
-            code = response.status_code
-    except httpx.TimeoutException:
-        return Outcome(delivered=False, retry=True, error=f"timed out after {timeout:g} s")
-    except httpx.HTTPError as exc:
-        return Outcome(delivered=False, retry=True,
-                       error=_short(f"connection failed: {type(exc).__name__}: {exc}"))
+    code: int | None = None
+    error = "no address to connect to"
+    # The checked addresses in order (a name may resolve to ::1 and 127.0.0.1); the next one
+    # only when the connection itself failed, so a request is never sent twice.
+    for address in dest.addresses:
+        try:
+            with client.stream("POST", dest.connect_url(address), content=claimed.body,
+                               headers=headers, extensions=extensions) as response:
+                prefix = _read_prefix(response)
+                code = response.status_code
+            break
+        except httpx.ConnectError as exc:
+            error = _short(f"connection failed: {type(exc).__name__}: {exc}")
+        except httpx.TimeoutException:
+            return Outcome(delivered=False, retry=True, error=f"timed out after {timeout:g} s")
+        except httpx.HTTPError as exc:
+            return Outcome(delivered=False, retry=True,
+                           error=_short(f"connection failed: {type(exc).__name__}: {exc}"))
+    if code is None:
+        return Outcome(delivered=False, retry=True, error=error)
     if 200 <= code < 300:
         return Outcome(delivered=True, retry=False, status_code=code, response=prefix)
     if code == 429 or code >= 500:

@@ -168,18 +168,26 @@ def test_a_4xx_answer_fails_without_retrying(live_server, rcv):
     assert len(rcv.requests) == 1
 
 
-def test_retries_give_up_after_the_window(settings, rcv):
+@pytest.mark.parametrize("failure", ["500", "connection refused"])
+def test_retries_give_up_after_the_window(settings, rcv, failure):
     short = settings.model_copy(update={**FAST, "webhook_allow_private": True,
                                         "webhook_give_up_seconds": 0.5})
     ctx = RegistryContext.open(short)
     try:
-        hook = add_hook(ctx, rcv.url)
-        rcv.script[:] = [500] * 100
+        if failure == "500":
+            target = rcv.url
+            rcv.script[:] = [500] * 100
+        else:
+            target = f"http://127.0.0.1:{_free_port()}/closed"
+        hook = add_hook(ctx, target)
         with serve(ctx) as url:
             httpx.post(f"{url}/api/v1/webhooks/{hook}/test", timeout=30).raise_for_status()
             (d,) = wait_deliveries(ctx, hook, all_settled)
-        assert d.status == "failed" and d.last_status_code == 500
-        assert "gave up" in (d.last_error or "") and d.attempts >= 2
+        assert d.status == "failed" and "gave up" in (d.last_error or "") and d.attempts >= 2
+        if failure == "500":
+            assert d.last_status_code == 500 and len(rcv.requests) == d.attempts
+        else:
+            assert d.last_status_code is None and "connection failed" in (d.last_error or "")
     finally:
         ctx.close()
 
@@ -254,6 +262,15 @@ def test_a_name_resolving_to_loopback_is_refused_at_send_time(strict, rcv):
     assert "localhost resolves to" in (d.last_error or "")
     time.sleep(0.3)
     assert rcv.requests == []
+
+
+def test_a_name_is_sent_to_the_address_checked_with_its_own_host_header(live_server, rcv):
+    hook = add_hook(live_server.context, f"http://localhost:{rcv.port}/hook?x=1")
+    httpx.post(f"{live_server.url}/api/v1/webhooks/{hook}/test", timeout=30).raise_for_status()
+    (got,) = rcv.wait_for(lambda rs: len(rs) >= 1)
+    assert got.headers["host"] == f"localhost:{rcv.port}" and got.path == "/hook?x=1"
+    (d,) = wait_deliveries(live_server.context, hook, all_settled)
+    assert d.status == "delivered"
 
 
 def test_redirects_are_not_followed(live_server, rcv):
