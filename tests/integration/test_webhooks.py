@@ -237,14 +237,14 @@ def strict(settings: Settings) -> Iterator[tuple[RegistryContext, str]]:
         ctx.close()
 
 
-@pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "[::1]", "10.1.2.3",
-                                  "169.254.169.254", "[::ffff:127.0.0.1]", "0.0.0.0"])
-def test_private_destinations_are_refused_at_add(strict, host):
+def test_private_destinations_are_refused_at_add(strict):
     ctx, url = strict
-    r = httpx.post(f"{url}/api/v1/webhooks", timeout=30,
-                   json={"url": f"http://{host}:8080/hook", "events": ["version.created"]})
-    assert r.status_code == 422 and r.json()["error"] == "destination_not_allowed", r.text
-    assert "REGISTRY_WEBHOOK_ALLOW_PRIVATE" in r.json()["detail"]
+    for host in ("127.0.0.1", "localhost", "[::1]", "10.1.2.3", "169.254.169.254",
+                 "[::ffff:127.0.0.1]", "0.0.0.0", "224.0.0.1"):
+        r = httpx.post(f"{url}/api/v1/webhooks", timeout=30,
+                       json={"url": f"http://{host}:8080/hook", "events": ["version.created"]})
+        assert r.status_code == 422 and r.json()["error"] == "destination_not_allowed", r.text
+        assert "REGISTRY_WEBHOOK_ALLOW_PRIVATE" in r.json()["detail"]
     with session_scope(ctx.sessions) as session:
         assert session.scalar(select(func.count()).select_from(Webhook)) == 0
         assert session.scalar(select(func.count()).select_from(Event)) == 0
@@ -363,21 +363,24 @@ def test_cli_add_list_test_deliveries_rm(live_server, rcv, over_http):
     assert code == 3 and err.startswith("error: ") and err.count("\n") == 1, err
 
 
-@pytest.mark.parametrize(("args", "fragment"), [
+CLI_BAD_INPUT = [
     (["webhook", "add", "ftp://x/", "--events", "version.created"], "http:// or https://"),
     (["webhook", "add", "http://localhost/", "--events", "nope"], "unknown event type"),
     (["webhook", "add", "http://localhost/", "--events", "version.created", "--secret",
       "whsec_abc"], "base64"),
     (["webhook", "add", "http://localhost/", "--events", "version.created", "--secret",
       "s3cret"], "whsec_"),
-])
+]
+
+
 @pytest.mark.parametrize("over_http", [True, False], ids=["http", "embedded"])
-def test_cli_bad_input_exits_1_with_one_line(live_server, args, fragment, over_http):
+def test_cli_bad_input_exits_1_with_one_line(live_server, over_http):
     env = _cli_env(live_server.context.settings)
     url = ["--url", live_server.url] if over_http else []
-    code, out, err = _run(env, *url, *args)
-    assert code == 1 and err.startswith("error: ") and err.count("\n") == 1, (out, err)
-    assert fragment in err and "Traceback" not in err, err
+    for args, fragment in CLI_BAD_INPUT:
+        code, out, err = _run(env, *url, *args)
+        assert code == 1 and err.startswith("error: ") and err.count("\n") == 1, (out, err)
+        assert fragment in err and "Traceback" not in err, err
     with session_scope(live_server.context.sessions) as session:
         assert session.scalar(select(func.count()).select_from(Webhook)) == 0
 
