@@ -22,6 +22,7 @@ from cli import (
     suites,
     tokens,
     validate,
+    webhook,
     worker,
 )
 from cli.output import CliState, exit_code_for, fail
@@ -103,6 +104,7 @@ cli.add_command(jobs.jobs)
 cli.add_command(worker.worker)
 cli.add_command(tokens.token)
 cli.add_command(tokens.audit)
+cli.add_command(webhook.webhook)
 
 
 def main() -> None:

@@ -39,6 +39,12 @@ from registry.evals.schemas import (
     SuiteOut,
 )
 from registry.events.schemas import EventPageOut
+from registry.events.webhook_schemas import (
+    CreatedWebhookOut,
+    CreateWebhookIn,
+    DeliveryOut,
+    WebhookOut,
+)
 from registry.exports.schemas import TOKEN_PREFIX as TOKEN_PROVENANCE
 from registry.exports.schemas import CreateExportIn, ExportOut
 from registry.jobs.schemas import (
@@ -552,6 +558,27 @@ class HttpRegistry:
         response = self._request("POST", f"/api/v1/jobs/{job_id}/release",
                                  json=body.model_dump(mode="json"))
         return JobOut.model_validate(response.json())
+
+    def add_webhook(self, body: CreateWebhookIn) -> CreatedWebhookOut:
+        response = self._request("POST", "/api/v1/webhooks", json=body.model_dump(mode="json"))
+        return CreatedWebhookOut.model_validate(response.json())
+
+    def list_webhooks(self) -> list[WebhookOut]:
+        response = self._request("GET", "/api/v1/webhooks")
+        return [WebhookOut.model_validate(w) for w in response.json()]
+
+    def remove_webhook(self, webhook_id: int) -> WebhookOut:
+        response = self._request("DELETE", f"/api/v1/webhooks/{int(webhook_id)}")
+        return WebhookOut.model_validate(response.json())
+
+    def test_webhook(self, webhook_id: int) -> DeliveryOut:
+        response = self._request("POST", f"/api/v1/webhooks/{int(webhook_id)}/test")
+        return DeliveryOut.model_validate(response.json())
+
+    def webhook_deliveries(self, webhook_id: int, *, limit: int = 100) -> list[DeliveryOut]:
+        response = self._request("GET", f"/api/v1/webhooks/{int(webhook_id)}/deliveries",
+                                 params={"limit": limit})
+        return [DeliveryOut.model_validate(d) for d in response.json()]
 
     def close(self) -> None:
         self._http.close()

@@ -139,6 +139,33 @@ class Settings(BaseSettings):
                     "laptop, a test, the embedded CLI): every request is allowed, and `server` "
                     "refuses a non-loopback address unless started with `--insecure`.")
 
+    # Webhooks (registry/events/dispatcher.py).
+    webhook_retry_base_seconds: float = Field(
+        default=10.0,
+        description="A failed delivery (5xx, 429, timeout, connection error) is retried after "
+                    "base * 2^(attempt-1) seconds (fractions allowed).")
+    webhook_retry_max_seconds: float = Field(
+        default=3600.0, description="The longest wait between two attempts of a delivery.")
+    webhook_give_up_seconds: float = Field(
+        default=24 * 3600.0,
+        description="A delivery still failing this long after its event is marked failed.")
+    webhook_timeout_seconds: float = Field(
+        default=10.0, description="Connect/read timeout of one webhook send.")
+    webhook_lease_seconds: float = Field(
+        default=60.0,
+        description="A claimed delivery's lease (above the timeout): a dead server's claims "
+                    "are taken over after it.")
+    webhook_poll_seconds: float = Field(
+        default=1.0,
+        description="How often the dispatcher looks for due deliveries (at once after a "
+                    "change in the same process).")
+    webhook_concurrency: int = Field(
+        default=4, description="Webhook sends under way at once per server process (1-64).")
+    webhook_allow_private: bool = Field(
+        default=False,
+        description="Also deliver to private, loopback and link-local addresses (a test, a "
+                    "private network); refused by default (SSRF), checked at send time.")
+
     @model_validator(mode="after")
     def _check_limits(self) -> Settings:
         for name in ("max_file_bytes", "max_files_per_version", "max_config_bytes",
@@ -161,8 +188,23 @@ class Settings(BaseSettings):
                              "REGISTRY_MAX_SUITE_BYTES positive")
         if self.s3_part_bytes < 5 * MiB:
             raise ValueError("REGISTRY_S3_PART_BYTES must be at least 5 MiB (S3 minimum part size)")
+        self._check_webhooks()
         self.base_source_allowlist()  # a malformed entry fails at start-up, not per request
         return self
+
+    def _check_webhooks(self) -> None:
+        for name in ("webhook_retry_base_seconds", "webhook_retry_max_seconds",
+                     "webhook_give_up_seconds", "webhook_timeout_seconds",
+                     "webhook_poll_seconds"):
+            value = getattr(self, name)
+            if not (value > 0 and value < float("inf")):
+                raise ValueError(f"REGISTRY_{name.upper()} must be a positive number")
+        if self.webhook_lease_seconds <= self.webhook_timeout_seconds:
+            # A lease shorter than a send would let a second server send the same delivery.
+            raise ValueError("REGISTRY_WEBHOOK_LEASE_SECONDS must exceed "
+                             "REGISTRY_WEBHOOK_TIMEOUT_SECONDS")
+        if not 1 <= self.webhook_concurrency <= 64:
+            raise ValueError("REGISTRY_WEBHOOK_CONCURRENCY must be between 1 and 64")
 
     def base_source_allowlist(self) -> SourceAllowlist:
         """REGISTRY_BASE_SOURCES parsed.

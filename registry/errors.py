@@ -126,6 +126,12 @@ class QuantizedBase(Unmergeable):
     code = "quantized_base"
 
 
+class DestinationNotAllowed(InvalidInput):
+    """The webhook destination is not allowed (private, loopback or link-local address)."""
+
+    code = "destination_not_allowed"
+
+
 class OutputExists(InvalidInput):
     """The export directory exists and is not empty."""
 
@@ -252,6 +258,12 @@ class SuiteNotFound(NotFound):
     """No such eval suite."""
 
     code = "suite_not_found"
+
+
+class WebhookNotFound(NotFound):
+    """No such webhook."""
+
+    code = "webhook_not_found"
 
 
 # --- 409: the request contradicts what is stored ---------------------------------------------

@@ -41,7 +41,14 @@ from registry.evals.schemas import (
     SuiteOut,
 )
 from registry.events import service as events
+from registry.events import webhooks
 from registry.events.schemas import EventPageOut
+from registry.events.webhook_schemas import (
+    CreatedWebhookOut,
+    CreateWebhookIn,
+    DeliveryOut,
+    WebhookOut,
+)
 from registry.exports import service as exports
 from registry.exports.schemas import EMBEDDED, CreateExportIn, ExportOut
 from registry.formats.sources import SourceAllowlist
@@ -369,6 +376,32 @@ class LocalRegistry:
             jobs.release(session, job_id=job_id, worker=worker, attempt=attempt,
                          handlers=self.handlers)
             return jobs.show(session, job_id=job_id)
+
+    # Webhooks: the embedded CLI writes the rows; a server on the same database sends them.
+
+    def add_webhook(self, body: CreateWebhookIn) -> CreatedWebhookOut:
+        with session_scope(self.ctx.sessions) as session:
+            hook, secret = webhooks.add(session, body=body, actor=None,
+                                        allow_private=self.ctx.settings.webhook_allow_private)
+            return webhooks.created_out(hook, secret)
+
+    def list_webhooks(self) -> list[WebhookOut]:
+        with session_scope(self.ctx.sessions) as session:
+            return [webhooks.to_out(h) for h in webhooks.list_webhooks(session)]
+
+    def remove_webhook(self, webhook_id: int) -> WebhookOut:
+        with session_scope(self.ctx.sessions) as session:
+            return webhooks.to_out(webhooks.remove(session, webhook_id=webhook_id, actor=None))
+
+    def test_webhook(self, webhook_id: int) -> DeliveryOut:
+        with session_scope(self.ctx.sessions) as session:
+            return webhooks.delivery_out(
+                webhooks.enqueue_test(session, webhook_id=webhook_id, actor=None))
+
+    def webhook_deliveries(self, webhook_id: int, *, limit: int = 100) -> list[DeliveryOut]:
+        with session_scope(self.ctx.sessions) as session:
+            return [webhooks.delivery_out(d) for d in
+                    webhooks.list_deliveries(session, webhook_id=webhook_id, limit=limit)]
 
     def close(self) -> None:
         self.ctx.close()

@@ -34,7 +34,9 @@ from registry.db.engine import current_revision, session_scope
 from registry.errors import RegistryError
 from registry.evals.router import router as evals_router
 from registry.evals.router import suites_router
+from registry.events.dispatcher import Dispatcher
 from registry.events.router import router as events_router
+from registry.events.webhook_router import router as webhooks_router
 from registry.exports.router import router as exports_router
 from registry.jobs.queries import job_stats
 from registry.jobs.router import router as jobs_router
@@ -295,9 +297,13 @@ def create_app(
             app.state.registry = await run_in_threadpool(
                 RegistryContext.open, settings or Settings()
             )
+        # Webhook deliveries are sent from the server process (every replica; claims are safe).
+        dispatcher = Dispatcher(app.state.registry.sessions, app.state.registry.settings)
+        dispatcher.start()
         try:
             yield
         finally:
+            await run_in_threadpool(dispatcher.stop)
             if owned and app.state.registry is not None:
                 app.state.registry.close()
                 app.state.registry = None
@@ -323,6 +329,7 @@ def create_app(
     app.include_router(validation_router)
     app.include_router(jobs_router)
     app.include_router(events_router)
+    app.include_router(webhooks_router)
     app.include_router(lifecycle_router)
     app.include_router(policies_router)
     app.include_router(adapters_router)

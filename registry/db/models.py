@@ -27,6 +27,7 @@ from registry.db.base import Base, BigId, utcnow
 from registry.db.enums import (
     AliasAction,
     BlobState,
+    DeliveryStatus,
     JobKind,
     JobStatus,
     ScoreSource,
@@ -47,6 +48,7 @@ __all__ = [
     "Blob",
     "BlobState",
     "Compatibility",
+    "DeliveryStatus",
     "EvalScore",
     "EvalSuite",
     "EvalSuiteFile",
@@ -63,6 +65,8 @@ __all__ = [
     "SuiteKind",
     "VersionFile",
     "VersionStatus",
+    "Webhook",
+    "WebhookDelivery",
 ]
 
 
@@ -591,3 +595,58 @@ class ApiToken(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     created_by: Mapped[str | None] = mapped_column(String(200))
     revoked_at: Mapped[datetime | None] = mapped_column()
+
+
+# --- webhooks: subscriptions and their deliveries (written with the event: the outbox) --------
+
+
+class Webhook(Base):
+    """A subscription: events of ``event_types`` (optionally of one adapter) are POSTed to
+    ``url``, signed with ``secret`` (``whsec_…``; kept to sign, never returned after creation).
+    ``webhook rm`` sets ``active`` false: its deliveries stay readable."""
+
+    __tablename__ = "webhooks"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    url: Mapped[str] = mapped_column(String(2048))
+    event_types: Mapped[Any] = mapped_column(JSON, default=list)
+    adapter: Mapped[str | None] = mapped_column(String(200))
+    secret: Mapped[str] = mapped_column(String(200))
+    active: Mapped[bool] = mapped_column(Boolean, default=True, index=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_by: Mapped[str | None] = mapped_column(String(200))
+
+
+class WebhookDelivery(Base):
+    """One event for one webhook, at most once: ``(webhook_id, event_id)`` unique.
+
+    A dispatcher claims due rows (``FOR UPDATE SKIP LOCKED`` on PostgreSQL) by setting
+    ``status=delivering`` and a lease (``claimed_until``); a lease that expires (a dead server)
+    makes the row claimable again. ``attempts`` counts claims and fences late outcomes.
+    """
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        UniqueConstraint("webhook_id", "event_id"),
+        Index("ix_webhook_deliveries_status_next_attempt_at", "status", "next_attempt_at"),
+        Index("ix_webhook_deliveries_status_claimed_until", "status", "claimed_until"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    webhook_id: Mapped[int] = mapped_column(ForeignKey("webhooks.id", ondelete="CASCADE"))
+    event_id: Mapped[int] = mapped_column(ForeignKey("events.id", ondelete="CASCADE"),
+                                          index=True)
+    status: Mapped[DeliveryStatus] = mapped_column(_enum(DeliveryStatus, "delivery_status"),
+                                                   default=DeliveryStatus.pending)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(default=utcnow)
+    claimed_until: Mapped[datetime | None] = mapped_column()
+    last_status_code: Mapped[int | None] = mapped_column(Integer)
+    last_response: Mapped[str | None] = mapped_column(Text)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    delivered_at: Mapped[datetime | None] = mapped_column()
+
+    webhook: Mapped[Webhook] = relationship()
+    event: Mapped[Event] = relationship()
