@@ -7,6 +7,9 @@ import re
 from registry.errors import InvalidName
 
 TOKEN_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,99}$")
+# The same rule (token names and namespaces) for OpenAPI (documented only; a bad name gets
+# invalid_name): no "..".
+TOKEN_NAME_PATTERN = r"^[a-z0-9](?:[a-z0-9_-]|\.[a-z0-9_-])*\.?$"
 NAMESPACE_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,99}$")
 
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from registry.auth.names import TOKEN_NAME_PATTERN
 from registry.auth.scopes import Scope
 
 # Ten years: enough for any deliberate expiry, small enough for the timestamp arithmetic.
@@ -17,9 +19,11 @@ class CreateTokenIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(max_length=100, description="lowercase letters, digits, '.', '_', '-'")
+    name: str = Field(max_length=100, description="lowercase letters, digits, '.', '_', '-'",
+                      json_schema_extra={"pattern": TOKEN_NAME_PATTERN})
     scopes: list[Scope] = Field(min_length=1, max_length=5)
-    namespaces: list[str] = Field(default_factory=list, max_length=100,
+    namespaces: list[Annotated[str, Field(max_length=100, json_schema_extra={
+        "pattern": TOKEN_NAME_PATTERN})]] = Field(default_factory=list, max_length=100,
                                   description="empty: every adapter; else only NS/* adapters")
     expires_in_seconds: int | None = Field(default=None, ge=1, le=MAX_EXPIRES_SECONDS,
                                            description="null: never expires")

@@ -25,6 +25,7 @@ from registry.api.deps import (
 from registry.api.responses import error_responses
 from registry.auth.scopes import Scope
 from registry.evals import queries, service
+from registry.evals.metrics import SUITE_RE
 from registry.evals.schemas import (
     AttachmentOut,
     AttachSuiteIn,
@@ -36,7 +37,8 @@ from registry.evals.schemas import (
 router = APIRouter(prefix="/api/v1/adapters", tags=["evals"])
 suites_router = APIRouter(prefix="/api/v1", tags=["evals"])
 
-SuiteName = Annotated[str, Path(max_length=100, description="suite name")]
+SuiteName = Annotated[str, Path(max_length=100, description="suite name",
+                                 json_schema_extra={"pattern": SUITE_RE.pattern})]
 
 
 @router.post("/{name:path}/versions/{version}/evals", response_model=list[ScoreOut],

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Query, Response
 from registry.api.deps import HandlersDep, JobId, SessionDep, SettingsDep, require
 from registry.api.responses import error_responses
 from registry.auth.scopes import Scope
+from registry.db.enums import JobKind, JobStatus
 from registry.jobs import queries, service
 from registry.jobs.schemas import (
     ClaimedJobOut,
@@ -36,8 +37,10 @@ _REPORT = error_responses(404, 409, 413, 422, 503)
             responses=error_responses(422, 503))
 def list_jobs(
     session: SessionDep,
-    status: Annotated[str | None, Query(max_length=16)] = None,
-    kind: Annotated[str | None, Query(max_length=16)] = None,
+    status: Annotated[str | None, Query(max_length=16, json_schema_extra={
+        "enum": [s.value for s in JobStatus]})] = None,
+    kind: Annotated[str | None, Query(max_length=16, json_schema_extra={
+        "enum": [k.value for k in JobKind]})] = None,
     limit: Annotated[int, Query(ge=1, le=queries.MAX_LIST)] = 100,
 ) -> list[JobOut]:
     """Every job, newest first (finished ones included)."""
@@ -56,7 +59,8 @@ def claim(body: ClaimIn, session: SessionDep, settings: SettingsDep,
     return Response(status_code=204) if claimed is None else claimed
 
 
-@router.get("/{job_id}", response_model=JobOut, dependencies=_READ, responses=_LOOKUP)
+# ":int": /jobs/claim is not a job id (a 405 there must not advertise GET).
+@router.get("/{job_id:int}", response_model=JobOut, dependencies=_READ, responses=_LOOKUP)
 def show_job(job_id: JobId, session: SessionDep) -> JobOut:
     return service.show(session, job_id=job_id)
 

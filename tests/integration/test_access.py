@@ -82,7 +82,8 @@ def test_every_route_carries_exactly_one_scope_decision():
         if method in ("GET", "HEAD") and (method, path) not in OPEN_ROUTES:
             assert scope in ("read", "admin"), (method, path, scope)
             if scope == "admin":
-                assert path in ("/api/v1/tokens", "/api/v1/audit"), path
+                assert path in ("/api/v1/tokens", "/api/v1/audit", "/api/v1/webhooks",
+                                "/api/v1/webhooks/{webhook_id}/deliveries"), path
 
 
 @pytest.fixture
