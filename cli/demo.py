@@ -187,18 +187,31 @@ def main() -> None:
         cli("--url", url, "compat", "support-bot:1", "--base", "tiny-llama", env=env)
         cli("--url", url, "compat", "--base", "tiny-llama", env=env)
 
-        say("8. Pull support-bot:1 back (every file verified against its digest)")
+        say("8. Promote through the gates, serve NAME@production, roll back in one command")
+        serving = ROOT / "serving"
+        cli("--url", url, "promote", "support-bot:1", "--alias", "production", "--reason",
+            "first release", env=env)
+        cli("--url", url, "pull", "support-bot@production", str(serving), "--if-changed",
+            env=env)
+        cli("--url", url, "promote", "support-bot:2", "--alias", "production", "--reason",
+            "lower perplexity on support-ppl", env=env)
+        cli("--url", url, "pull", "support-bot@production", str(serving), "--if-changed",
+            env=env)  # the alias moved: the directory is swapped for v2, atomically
+        cli("--url", url, "rollback", "support-bot", "--alias", "production", env=env)
+        cli("--url", url, "history", "support-bot", env=env)
+
+        say("9. Pull support-bot:1 back (every file verified against its digest)")
         pulled = ROOT / "pulled"
         cli("--url", url, "pull", "support-bot:1", str(pulled), env=env)
 
-        say("9. Export a merged checkpoint (streamed shard by shard) and record it")
+        say("10. Export a merged checkpoint (streamed shard by shard) and record it")
         merged = ROOT / "merged"
         cli("--url", url, "export", "support-bot:1", "--base", "tiny-llama", "--out",
             str(merged), "--upload", "--max-shard-size", "200KB", env=env)
         print("the export is listed in the lineage (v2 was pushed with --parent support-bot:1):")
         cli("--url", url, "lineage", "support-bot:1", env=env)
 
-        say("10. A bad push is refused with one line, and nothing is stored")
+        say("11. A bad push is refused with one line, and nothing is stored")
         bad = ROOT / "bad-adapter"
         shutil.copytree(v1_dir, bad)
         (bad / "adapter_model.safetensors").rename(bad / "adapter_model.bin")
@@ -213,10 +226,10 @@ def main() -> None:
         server.terminate()
         server.wait(timeout=30)
 
-    say("11. The same registry without a server (embedded mode: no --url)")
+    say("12. The same registry without a server (embedded mode: no --url)")
     cli("list", "support-bot", env=env)
 
-    say("12. Load the pulled adapter with peft, and the merged export with transformers")
+    say("13. Load the pulled adapter with peft, and the merged export with transformers")
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
