@@ -43,6 +43,7 @@ from registry.exports.router import router as exports_router
 from registry.jobs.router import router as jobs_router
 from registry.lifecycle.router import policies_router
 from registry.lifecycle.router import router as lifecycle_router
+from registry.ui.router import router as ui_router
 from registry.validation.router import router as validation_router
 from registry.validation.service import handlers as job_handlers
 
@@ -290,6 +291,7 @@ def create_app(
     app.include_router(adapters_router)
     app.include_router(base_models_router)
     app.include_router(admin_router)
+    app.include_router(ui_router)  # the web UI under /ui (HTML; not in the OpenAPI schema)
 
     @app.get("/metrics", tags=["health"], include_in_schema=False)
     def prometheus_metrics() -> Response:
