@@ -4,7 +4,8 @@ model's own score, which no route records, through the evals service).
 ``bot``: versions 1-4 of a tiny LoRA linked to tiny-llama (4 is bot:3's child, metadata and
 the promotion reason carry ``<script>``), ``smoke.accuracy`` scored 0.70 / 0.80 / 0.90 / 0.60,
 ``production`` at 2 then 3 (two promotions), a policy on ``production`` requiring
-``smoke.accuracy >= 0.75``; ``bot-fork`` 1 forked from bot:3; ``other`` 1 (linked through its config's declared base).
+``smoke.accuracy >= 0.75``; ``bot-fork`` 1 forked from bot:3; ``other`` 1 (linked through
+its config's declared base).
 """
 
 from __future__ import annotations
