@@ -61,8 +61,26 @@ def test_pages_render_and_link(ui: httpx.Client, seeded: Seeded):
     assert 'href="https://ci.example/run/3"' in version.text
     assert "adapter_model.safetensors" in version.text
 
-    jobs = ui.get("/ui/jobs")
-    assert jobs.status_code == 200 and 'http-equiv="refresh"' in jobs.text
+
+def test_jobs_page_shows_the_queue(ui: httpx.Client, seeded: Seeded, http):
+    queued = http.list_jobs(status="queued")
+    assert len(queued) >= 3  # each push linked to a compatible base queued a validation
+    failing = http.claim_job("worker-a")
+    http.fail_job(failing.job.id, worker="worker-a", attempt=failing.attempt,
+                  error="CUDA out of memory <script>x</script>")
+    running = http.claim_job("worker-b")
+    page = ui.get("/ui/jobs")
+    assert page.status_code == 200 and 'http-equiv="refresh"' in page.text
+
+    def section(testid: str) -> str:
+        found = re.search(rf'data-testid="{testid}">(.*?)</table>', page.text, re.S)
+        return found.group(1) if found else ""
+
+    assert f'data-job="{running.job.id}"' in section("running")
+    assert "worker-b" in section("running") and re.search(r"in \d+ s", section("running"))
+    assert f'data-job="{failing.job.id}"' in section("failed")
+    assert "CUDA out of memory &lt;script&gt;" in section("failed")
+    assert section("queued").count("data-job=") == len(queued) - 2
 
 
 def test_user_input_is_escaped(ui: httpx.Client, seeded: Seeded):
