@@ -348,13 +348,15 @@ def jobs(request: Request, session: SessionDep) -> Response:
 
 
 @router.get("/actions/promote", dependencies=READ)
-def promote_preview(request: Request, session: SessionDep,
+def promote_preview(request: Request, session: SessionDep, visitor: VisitorDep,
                     name: Annotated[str, Query(max_length=200)],
                     version: Annotated[str, Query(max_length=300)],
                     alias: Annotated[str, Query(max_length=100)] = "production",
                     reason: Annotated[str, Query(max_length=2000)] = "") -> Response:
     """The gates as they evaluate now, and a confirm button (the move happens on POST)."""
     try:
+        if not visitor.may(Scope.READ, name):
+            raise Forbidden(f"this token's namespaces do not include {name!r}")
         plan = lifecycle.check_promotion(session, name=name, alias=alias.strip(),
                                          version=version.strip(), reason=_blank(reason))
     except RegistryError as exc:

@@ -13,7 +13,10 @@ from tests.browser.conftest import screenshot
 from tests.conftest import LiveServer
 from tests.integration.ui_helpers import XSS, Seeded, seed
 
-pytestmark = pytest.mark.browser
+# One backend: what a browser adds (rendering, links, forms, scripts) does not depend on it, and
+# tests/integration/test_ui_pages.py drives the same pages and actions on both.
+pytestmark = [pytest.mark.browser,
+              pytest.mark.parametrize("settings", ["sqlite-local"], indirect=True)]
 
 
 @pytest.fixture
