@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test test-unit stress lint bench server postgres browser clean
+.PHONY: venv demo test test-unit stress lint bench server postgres browser clean settings-table
 
 # Rounds of the gc-vs-push stress test in `make test` (the full proof: `make stress`, 20).
 REGISTRY_STRESS_ROUNDS ?= 4
@@ -42,7 +42,7 @@ test-unit: venv
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
 lint: venv
-	$(VENV)/bin/ruff check registry cli migrations tests bench
+	$(VENV)/bin/ruff check registry cli migrations tests bench tools
 	$(VENV)/bin/mypy registry cli
 
 bench: venv postgres
@@ -50,6 +50,10 @@ bench: venv postgres
 
 server: venv
 	$(VENV)/bin/adapter-registry server
+
+# README's settings table, regenerated from registry.config.Settings.
+settings-table: venv
+	$(PY) -m tools.settings_table --write
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

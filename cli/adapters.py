@@ -8,6 +8,7 @@ import click
 
 from cli.output import CliState, fail, pass_state
 from registry.adapters.schemas import ExportSummaryOut, LineageNodeOut, LineageOut, VersionOut
+from registry.errors import InvalidInput
 from registry.refs import parse_ref
 
 
@@ -74,27 +75,48 @@ def push(state: CliState, name: str, directory: Path, base_model: str | None,
               help="With --export-base: which export (default: the only or first one).")
 @click.option("--force", is_flag=True,
               help="Replace a non-empty DIRECTORY (its old contents are removed).")
+@click.option("--if-changed", is_flag=True,
+              help="Do nothing (exit 0) when DIRECTORY already holds the version REF names; "
+                   "replace a DIRECTORY holding another pulled version in one swap.")
 @pass_state
 def pull(state: CliState, ref: str, directory: Path, export_base: str | None,
-         export_dtype: str | None, force: bool) -> None:
+         export_dtype: str | None, force: bool, if_changed: bool) -> None:
     """Write the files of REF (NAME, NAME:VERSION or NAME@ALIAS) into DIRECTORY, verified.
 
-    DIRECTORY must not exist or be empty, unless --force. Files are downloaded into a hidden
-    staging directory and installed only once every one matched its digest: a failed pull
-    leaves DIRECTORY as it was.
+    DIRECTORY must not exist or be empty, unless --force (or --if-changed and DIRECTORY holds
+    an earlier pull). Files are downloaded into a hidden staging directory and installed only
+    once every one matched its digest: a failed pull leaves DIRECTORY as it was. A manifest,
+    .adapter-registry.json, records the version and each file's digest and size.
     """
     from registry.clientside.transfer import pull as do_pull
+    from registry.clientside.transfer import pull_if_changed
 
     if export_base is not None:
+        if if_changed:
+            raise InvalidInput("--if-changed pulls a version's files, not an export: drop "
+                               "one of --if-changed and --export-base")
         _pull_export(state, ref, directory, export_base, export_dtype, force)
         return
 
-    version, written = do_pull(state.backend(), ref=ref, directory=directory, force=force,
-                               progress=state.progress)
+    if if_changed:
+        result = pull_if_changed(state.backend(), ref=ref, directory=directory, force=force,
+                                 progress=state.progress)
+        version, written, changed = result.version, result.files, result.changed
+    else:
+        version, written = do_pull(state.backend(), ref=ref, directory=directory, force=force,
+                                   progress=state.progress)
+        changed = True
+
+    def human() -> None:
+        if changed:
+            click.echo(f"pulled {version.ref} into {directory} ({len(written)} file(s))")
+        else:
+            click.echo(f"{directory} already holds {version.ref}: unchanged")
+
     state.emit(
         {"name": version.name, "version": version.version, "files": written,
-         "directory": str(directory)},
-        lambda: click.echo(f"pulled {version.ref} into {directory} ({len(written)} file(s))"),
+         "directory": str(directory), "changed": changed},
+        human,
     )
 
 

@@ -21,7 +21,8 @@ from registry.refs import parse_ref, validate_alias, validate_name
 
 
 def _actor() -> str | None:
-    # Until tokens exist, a move records the CLI's user, or the CI actor (as push does).
+    # The CLI's user, or the CI actor (as push does); a server that gets a token records the
+    # token's name instead.
     from registry.clientside.ci_env import detect_provenance
 
     return detect_provenance().created_by

@@ -20,7 +20,9 @@ from cli import (
     lifecycle,
     server,
     suites,
+    tokens,
     validate,
+    webhook,
     worker,
 )
 from cli.output import CliState, exit_code_for, fail
@@ -59,7 +61,8 @@ class RegistryGroup(click.Group):
 @click.option("--url", envvar="REGISTRY_URL", default=None,
               help="Registry server URL. Without it, work on the embedded registry in "
                    "$REGISTRY_HOME.")
-@click.option("--token", envvar="REGISTRY_TOKEN", default=None, help="API token.")
+@click.option("--token", envvar="REGISTRY_TOKEN", default=None,
+              help="API token (arg_…), sent as Authorization: Bearer.")
 @click.option("--json", "as_json", is_flag=True, help="Print exactly one JSON document.")
 @click.version_option(__version__, prog_name="adapter-registry")
 @click.pass_context
@@ -68,8 +71,8 @@ def cli(ctx: click.Context, url: str | None, token: str | None, as_json: bool) -
     aliases with gated promotion and rollback.
 
     Every command exits 0 on success and non-zero with one line on stderr otherwise (1 invalid
-    input, 3 not found, 4 conflict, 5 unavailable, 6 a check said no). --json works before or
-    after the command.
+    input, 3 not found, 4 conflict, 5 unavailable, 6 a check said no, 7 not authorized).
+    --json works before or after the command.
     """
     state = CliState(url=url, token=token, json=as_json)
     ctx.obj = state
@@ -99,6 +102,9 @@ cli.add_command(suites.suite)
 cli.add_command(validate.validate)
 cli.add_command(jobs.jobs)
 cli.add_command(worker.worker)
+cli.add_command(tokens.token)
+cli.add_command(tokens.audit)
+cli.add_command(webhook.webhook)
 
 
 def main() -> None:

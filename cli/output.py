@@ -17,8 +17,11 @@ from registry.config import Settings
 
 # Exit codes: 1 invalid input or other failure, 2 usage (click), 3 not found, 4 conflict,
 # 5 registry or storage unavailable, 6 a check said no (validation failed, a promotion gate
-# failed), 70 internal error.
+# failed), 7 not authorized (no token or a bad one: 401; a token without the scope or
+# namespace, or a request the registry does not allow: 403), 70 internal error.
 EXIT_CODES: list[tuple[type[errors.RegistryError], int]] = [
+    (errors.Unauthenticated, 7),
+    (errors.Forbidden, 7),
     (errors.CheckFailed, 6),
     (errors.NotFound, 3),
     (errors.Conflict, 4),

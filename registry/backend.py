@@ -19,6 +19,7 @@ Optional capabilities (a backend may answer "not available" and callers fall bac
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
@@ -29,6 +30,7 @@ from registry.adapters.schemas import (
     ScoreOut,
     VersionOut,
 )
+from registry.auth.schemas import CreatedTokenOut, CreateTokenIn, TokenOut
 from registry.base_models.schemas import BaseModelOut, RegisterBaseIn
 from registry.compat.schemas import CompatibleBaseOut, CompatibleVersionOut, VerdictOut
 from registry.evals.schemas import (
@@ -39,6 +41,12 @@ from registry.evals.schemas import (
     SuiteOut,
 )
 from registry.events.schemas import EventPageOut
+from registry.events.webhook_schemas import (
+    CreatedWebhookOut,
+    CreateWebhookIn,
+    DeliveryOut,
+    WebhookOut,
+)
 from registry.exports.schemas import CreateExportIn, ExportOut
 from registry.jobs.schemas import ClaimedJobOut, JobOut, LeaseOut
 from registry.lifecycle.schemas import (
@@ -104,6 +112,13 @@ class RegistryBackend(Protocol):
     # without tokens): a client trusts recorded exports of its own provenance.
     def export_provenance(self) -> str | None: ...
 
+    # access control: tokens (admin over HTTP; the embedded registry bootstraps them)
+    def create_token(self, body: CreateTokenIn) -> CreatedTokenOut: ...
+    def list_tokens(self) -> list[TokenOut]: ...
+    def revoke_token(self, name: str) -> TokenOut: ...
+    def audit(self, *, since: datetime | None = None, after: int = 0,
+              limit: int = 1000) -> EventPageOut: ...
+
     # --- evals and events ---
     def record_scores(self, name: str, version: int,
                       body: RecordScoresIn) -> list[ScoreOut]: ...
@@ -147,5 +162,12 @@ class RegistryBackend(Protocol):
     def set_policy(self, name: str | None, alias: str, body: PolicyIn) -> PolicyOut: ...
     def delete_policy(self, name: str | None, alias: str) -> None: ...
     def list_policies(self, name: str | None) -> list[PolicyOut]: ...
+
+    # --- webhooks (admin) ---
+    def add_webhook(self, body: CreateWebhookIn) -> CreatedWebhookOut: ...
+    def list_webhooks(self) -> list[WebhookOut]: ...
+    def remove_webhook(self, webhook_id: int) -> WebhookOut: ...
+    def test_webhook(self, webhook_id: int) -> DeliveryOut: ...
+    def webhook_deliveries(self, webhook_id: int, *, limit: int = 100) -> list[DeliveryOut]: ...
 
     def close(self) -> None: ...

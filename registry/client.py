@@ -11,6 +11,7 @@ import http.client
 import json
 import ssl
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any, BinaryIO, NoReturn
 
@@ -24,6 +25,8 @@ from registry.adapters.schemas import (
     ScoreOut,
     VersionOut,
 )
+from registry.auth.names import validate_token_name
+from registry.auth.schemas import CreatedTokenOut, CreateTokenIn, TokenOut, WhoamiOut
 from registry.backend import Progress
 from registry.base_models.schemas import BaseModelOut, RegisterBaseIn
 from registry.compat.schemas import CompatibleBaseOut, CompatibleVersionOut, VerdictOut
@@ -36,6 +39,13 @@ from registry.evals.schemas import (
     SuiteOut,
 )
 from registry.events.schemas import EventPageOut
+from registry.events.webhook_schemas import (
+    CreatedWebhookOut,
+    CreateWebhookIn,
+    DeliveryOut,
+    WebhookOut,
+)
+from registry.exports.schemas import TOKEN_PREFIX as TOKEN_PROVENANCE
 from registry.exports.schemas import CreateExportIn, ExportOut
 from registry.jobs.schemas import (
     ClaimedJobOut,
@@ -94,7 +104,8 @@ def _raise_error(status: int, body: bytes) -> NoReturn:
         pass
     cls = _ERRORS.get(str(code or ""))
     if cls is None:
-        cls = {404: errors.NotFound, 409: errors.Conflict, 413: errors.TooLarge}.get(
+        cls = {401: errors.Unauthenticated, 403: errors.Forbidden, 404: errors.NotFound,
+               409: errors.Conflict, 413: errors.TooLarge}.get(
             status, errors.InvalidInput if status < 500 else errors.RegistryUnavailable
         )
     err = cls(str(detail) if detail else f"HTTP {status} from the registry")
@@ -128,6 +139,8 @@ class HttpRegistry:
         if token:
             headers["Authorization"] = f"Bearer {token}"
         self.url = url.rstrip("/")
+        self._token = token or None
+        self._whoami: WhoamiOut | None = None
         self._headers = headers
         self._timeout = timeout
         # A plain-http registry never negotiates TLS (redirects are not followed), so it skips
@@ -328,9 +341,47 @@ class HttpRegistry:
         return [ExportOut.model_validate(e) for e in response.json()]
 
     def export_provenance(self) -> str | None:
-        # Without tokens the server records every upload as "anonymous", which is anyone: not
-        # an identity to trust. Issue 13: ask the server which token this is ("token:NAME").
-        return None
+        # Without a token the server records an upload as "anonymous", which is anyone: not an
+        # identity to trust. With one, the server records "token:NAME": ask it which NAME.
+        if self._token is None:
+            return None
+        try:
+            return f"{TOKEN_PROVENANCE}{self.whoami().name}"
+        except (errors.Unauthenticated, errors.NotFound):
+            # An invalid token on a server with auth off (recorded as anonymous), or a server
+            # from before tokens.
+            return None
+
+    def whoami(self) -> WhoamiOut:
+        """The token this client sends, as the server knows it (asked once per client).
+
+        Raises:
+            Unauthenticated: no token, or one the server does not accept.
+        """
+        if self._whoami is None:
+            response = self._request("GET", "/api/v1/auth/whoami")
+            self._whoami = WhoamiOut.model_validate(response.json())
+        return self._whoami
+
+    def create_token(self, body: CreateTokenIn) -> CreatedTokenOut:
+        response = self._request("POST", "/api/v1/tokens", json=body.model_dump(mode="json"))
+        return CreatedTokenOut.model_validate(response.json())
+
+    def list_tokens(self) -> list[TokenOut]:
+        return [TokenOut.model_validate(t) for t in self._request("GET", "/api/v1/tokens").json()]
+
+    def revoke_token(self, name: str) -> TokenOut:
+        validate_token_name(name)  # a '/' would reach another route
+        response = self._request("POST", f"/api/v1/tokens/{name}/revoke")
+        return TokenOut.model_validate(response.json())
+
+    def audit(self, *, since: datetime | None = None, after: int = 0,
+              limit: int = 1000) -> EventPageOut:
+        params: dict[str, Any] = {"after": after, "limit": limit}
+        if since is not None:
+            params["since"] = since.isoformat()
+        return EventPageOut.model_validate(self._request("GET", "/api/v1/audit",
+                                                         params=params).json())
 
     def local_blob_path(self, digest: str) -> Path | None:
         """Blobs of a remote registry are never local files."""
@@ -507,6 +558,27 @@ class HttpRegistry:
         response = self._request("POST", f"/api/v1/jobs/{job_id}/release",
                                  json=body.model_dump(mode="json"))
         return JobOut.model_validate(response.json())
+
+    def add_webhook(self, body: CreateWebhookIn) -> CreatedWebhookOut:
+        response = self._request("POST", "/api/v1/webhooks", json=body.model_dump(mode="json"))
+        return CreatedWebhookOut.model_validate(response.json())
+
+    def list_webhooks(self) -> list[WebhookOut]:
+        response = self._request("GET", "/api/v1/webhooks")
+        return [WebhookOut.model_validate(w) for w in response.json()]
+
+    def remove_webhook(self, webhook_id: int) -> WebhookOut:
+        response = self._request("DELETE", f"/api/v1/webhooks/{int(webhook_id)}")
+        return WebhookOut.model_validate(response.json())
+
+    def test_webhook(self, webhook_id: int) -> DeliveryOut:
+        response = self._request("POST", f"/api/v1/webhooks/{int(webhook_id)}/test")
+        return DeliveryOut.model_validate(response.json())
+
+    def webhook_deliveries(self, webhook_id: int, *, limit: int = 100) -> list[DeliveryOut]:
+        response = self._request("GET", f"/api/v1/webhooks/{int(webhook_id)}/deliveries",
+                                 params={"limit": limit})
+        return [DeliveryOut.model_validate(d) for d in response.json()]
 
     def close(self) -> None:
         self._http.close()

@@ -126,6 +126,12 @@ class QuantizedBase(Unmergeable):
     code = "quantized_base"
 
 
+class DestinationNotAllowed(InvalidInput):
+    """The webhook destination is not allowed (private, loopback or link-local address)."""
+
+    code = "destination_not_allowed"
+
+
 class OutputExists(InvalidInput):
     """The export directory exists and is not empty."""
 
@@ -158,7 +164,19 @@ class TooLarge(InvalidInput):
     code = "too_large"
 
 
-# --- 403: not allowed here ----------------------------------------------------------------------
+# --- 401/403: who is asking, and what they may do ------------------------------------------------
+
+
+class Unauthenticated(RegistryError):
+    """A valid API token is required (Authorization: Bearer arg_…)."""
+
+    status_code = 401
+    code = "unauthenticated"
+
+    def __init__(self, detail: str | None = None) -> None:
+        super().__init__(detail)
+        self.headers = {"WWW-Authenticate": "Bearer"}
+
 
 
 class Forbidden(RegistryError):
@@ -166,6 +184,12 @@ class Forbidden(RegistryError):
 
     status_code = 403
     code = "forbidden"
+
+
+class PermissionDenied(Forbidden):
+    """The token does not allow this: a scope it lacks, or an adapter outside its namespaces."""
+
+    code = "permission_denied"
 
 
 class SourceNotAllowed(Forbidden):
@@ -218,6 +242,12 @@ class PolicyNotFound(NotFound):
     """No such promotion policy."""
 
     code = "policy_not_found"
+class TokenNotFound(NotFound):
+    """No such API token."""
+
+    code = "token_not_found"
+
+
 class JobNotFound(NotFound):
     """No such job."""
 
@@ -228,6 +258,12 @@ class SuiteNotFound(NotFound):
     """No such eval suite."""
 
     code = "suite_not_found"
+
+
+class WebhookNotFound(NotFound):
+    """No such webhook."""
+
+    code = "webhook_not_found"
 
 
 # --- 409: the request contradicts what is stored ---------------------------------------------
@@ -280,6 +316,12 @@ class AliasProtected(Conflict):
     """The alias is protected by its promotion policy."""
 
     code = "alias_protected"
+class TokenExists(Conflict):
+    """An API token with this name exists (revoked names stay taken: the audit log uses them)."""
+
+    code = "token_exists"
+
+
 class JobStateConflict(Conflict):
     """The job is not in a state that allows this (e.g. cancelling a finished job)."""
 

@@ -6,6 +6,7 @@ per call, exactly as the routers do.
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -18,6 +19,8 @@ from registry.adapters.schemas import (
     ScoreOut,
     VersionOut,
 )
+from registry.auth import service as tokens
+from registry.auth.schemas import CreatedTokenOut, CreateTokenIn, TokenOut
 from registry.backend import Progress
 from registry.base_models import queries as base_queries
 from registry.base_models import service as base_models
@@ -38,7 +41,14 @@ from registry.evals.schemas import (
     SuiteOut,
 )
 from registry.events import service as events
+from registry.events import webhooks
 from registry.events.schemas import EventPageOut
+from registry.events.webhook_schemas import (
+    CreatedWebhookOut,
+    CreateWebhookIn,
+    DeliveryOut,
+    WebhookOut,
+)
 from registry.exports import service as exports
 from registry.exports.schemas import EMBEDDED, CreateExportIn, ExportOut
 from registry.formats.sources import SourceAllowlist
@@ -192,6 +202,30 @@ class LocalRegistry:
     def export_provenance(self) -> str | None:
         return EMBEDDED
 
+    # Tokens on the database directly: how the first admin token is made (bootstrap). Whoever
+    # can open the database is trusted already; the actor recorded is None (embedded).
+
+    def create_token(self, body: CreateTokenIn) -> CreatedTokenOut:
+        expires = (timedelta(seconds=body.expires_in_seconds)
+                   if body.expires_in_seconds is not None else None)
+        with session_scope(self.ctx.sessions) as session:
+            return tokens.create_token(session, name=body.name,
+                                       scopes=[s.value for s in body.scopes],
+                                       namespaces=body.namespaces, expires_in=expires)
+
+    def list_tokens(self) -> list[TokenOut]:
+        with session_scope(self.ctx.sessions) as session:
+            return tokens.list_tokens(session)
+
+    def revoke_token(self, name: str) -> TokenOut:
+        with session_scope(self.ctx.sessions) as session:
+            return tokens.revoke_token(session, name=name)
+
+    def audit(self, *, since: datetime | None = None, after: int = 0,
+              limit: int = 1000) -> EventPageOut:
+        with session_scope(self.ctx.sessions) as session:
+            return events.page(session, after=after, limit=limit, since=since)
+
     def local_blob_path(self, digest: str) -> Path | None:
         """The blob's own file when the store is a local directory (no copy needed)."""
         store = self.ctx.store
@@ -342,6 +376,32 @@ class LocalRegistry:
             jobs.release(session, job_id=job_id, worker=worker, attempt=attempt,
                          handlers=self.handlers)
             return jobs.show(session, job_id=job_id)
+
+    # Webhooks: the embedded CLI writes the rows; a server on the same database sends them.
+
+    def add_webhook(self, body: CreateWebhookIn) -> CreatedWebhookOut:
+        with session_scope(self.ctx.sessions) as session:
+            hook, secret = webhooks.add(session, body=body, actor=None,
+                                        allow_private=self.ctx.settings.webhook_allow_private)
+            return webhooks.created_out(hook, secret)
+
+    def list_webhooks(self) -> list[WebhookOut]:
+        with session_scope(self.ctx.sessions) as session:
+            return [webhooks.to_out(h) for h in webhooks.list_webhooks(session)]
+
+    def remove_webhook(self, webhook_id: int) -> WebhookOut:
+        with session_scope(self.ctx.sessions) as session:
+            return webhooks.to_out(webhooks.remove(session, webhook_id=webhook_id, actor=None))
+
+    def test_webhook(self, webhook_id: int) -> DeliveryOut:
+        with session_scope(self.ctx.sessions) as session:
+            return webhooks.delivery_out(
+                webhooks.enqueue_test(session, webhook_id=webhook_id, actor=None))
+
+    def webhook_deliveries(self, webhook_id: int, *, limit: int = 100) -> list[DeliveryOut]:
+        with session_scope(self.ctx.sessions) as session:
+            return [webhooks.delivery_out(d) for d in
+                    webhooks.list_deliveries(session, webhook_id=webhook_id, limit=limit)]
 
     def close(self) -> None:
         self.ctx.close()

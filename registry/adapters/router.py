@@ -10,6 +10,7 @@ from fastapi import Path as FPath
 from registry.adapters import queries, service
 from registry.adapters.schemas import AdapterOut, CreateVersionIn, LineageOut, VersionOut
 from registry.api.deps import (
+    ActorDep,
     AdapterName,
     BaseRevision,
     OptionalBaseName,
@@ -17,8 +18,11 @@ from registry.api.deps import (
     SettingsDep,
     StoreDep,
     VersionNumber,
+    acting_as,
+    require,
 )
 from registry.api.responses import error_responses
+from registry.auth.scopes import Scope
 from registry.compat.schemas import CompatibleBaseOut, VerdictOut
 from registry.errors import InvalidReference, VersionNotFound
 
@@ -27,9 +31,11 @@ MAX_VERSION = 2**31 - 1
 router = APIRouter(prefix="/api/v1/adapters", tags=["adapters"])
 # What a lookup by name and version may answer besides its result.
 _LOOKUP = error_responses(404, 422, 503)
+_READ_SCOPE = [require(Scope.READ)]
 
 
-@router.get("", response_model=list[AdapterOut], responses=error_responses(503))
+@router.get("", response_model=list[AdapterOut], responses=error_responses(503),
+            dependencies=_READ_SCOPE)
 def list_adapters(session: SessionDep) -> list[AdapterOut]:
     return service.list_adapters(session)
 
@@ -40,6 +46,7 @@ def list_adapters(session: SessionDep) -> list[AdapterOut]:
     status_code=201,
     responses={200: {"description": "idempotency key matched an existing version"},
                **error_responses(404, 409, 413, 422, 503)},
+    dependencies=[require(Scope.PUSH)],
 )
 def create_version(
     name: AdapterName,
@@ -47,7 +54,9 @@ def create_version(
     session: SessionDep,
     store: StoreDep,
     settings: SettingsDep,
+    actor: ActorDep,
 ) -> Response:
+    body.created_by = acting_as(actor, body.created_by)
     version, created = service.create_version(
         session, store, name=name, body=body, settings=settings
     )
@@ -56,17 +65,19 @@ def create_version(
                     media_type="application/json")
 
 
-@router.get("/{name:path}/versions", response_model=list[VersionOut], responses=_LOOKUP)
+@router.get("/{name:path}/versions", response_model=list[VersionOut], responses=_LOOKUP,
+            dependencies=_READ_SCOPE)
 def list_versions(name: AdapterName, session: SessionDep) -> list[VersionOut]:
     return [service.to_out(v) for v in queries.list_versions(session, name=name)]
 
 
-@router.get("/{name:path}/versions/latest", response_model=VersionOut, responses=_LOOKUP)
+@router.get("/{name:path}/versions/latest", response_model=VersionOut, responses=_LOOKUP,
+            dependencies=_READ_SCOPE)
 def latest_version(name: AdapterName, session: SessionDep) -> VersionOut:
     return service.to_out(queries.get_version(session, name=name, version=None))
 
 
-@router.get("/{name:path}/versions/{version}/tensors", responses=_LOOKUP)
+@router.get("/{name:path}/versions/{version}/tensors", responses=_LOOKUP, dependencies=_READ_SCOPE)
 def version_tensors(
     name: AdapterName, version: VersionNumber, session: SessionDep
 ) -> dict[str, Any]:
@@ -74,7 +85,7 @@ def version_tensors(
 
 
 @router.get("/{name:path}/versions/{version}/lineage", response_model=LineageOut,
-            responses=_LOOKUP)
+            responses=_LOOKUP, dependencies=_READ_SCOPE)
 def version_lineage(name: AdapterName, version: VersionNumber, session: SessionDep) -> LineageOut:
     """Ancestors (parent first), descendants (breadth-first, forks in other adapters included)
     and every merged export of each; at most 1,000 versions per direction."""
@@ -93,7 +104,8 @@ def _version_or_latest(value: str) -> int | None:
 
 
 @router.get("/{name:path}/versions/{version}/compat",
-            response_model=VerdictOut | list[CompatibleBaseOut], responses=_LOOKUP)
+            response_model=VerdictOut | list[CompatibleBaseOut], responses=_LOOKUP,
+            dependencies=_READ_SCOPE)
 def version_compat(
     name: AdapterName,
     version: Annotated[str, FPath(description="a version number or 'latest'",
@@ -110,6 +122,7 @@ def version_compat(
                                    base_revision=base_revision)
 
 
-@router.get("/{name:path}/versions/{version}", response_model=VersionOut, responses=_LOOKUP)
+@router.get("/{name:path}/versions/{version}", response_model=VersionOut, responses=_LOOKUP,
+            dependencies=_READ_SCOPE)
 def get_version(name: AdapterName, version: VersionNumber, session: SessionDep) -> VersionOut:
     return service.to_out(queries.get_version(session, name=name, version=version))

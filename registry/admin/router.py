@@ -6,11 +6,13 @@ from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
 from starlette.concurrency import run_in_threadpool
 
-from registry.api.deps import ContextDep
+from registry.api.deps import ContextDep, require
 from registry.api.responses import error_responses
+from registry.auth.scopes import Scope
 from registry.blobs.service import collect_garbage
 
-router = APIRouter(prefix="/api/v1/admin", tags=["admin"])
+router = APIRouter(prefix="/api/v1/admin", tags=["admin"],
+                   dependencies=[require(Scope.ADMIN, adapter_param=None)])
 MAX_GRACE_SECONDS = 100 * 365 * 24 * 3600
 
 

@@ -6,49 +6,52 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 
 import anyio
 import anyio.to_thread
 from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.responses import JSONResponse
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    Counter,
-    Histogram,
-    generate_latest,
-)
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import Headers
+from starlette.datastructures import Headers, MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import registry
 from registry.adapters.router import router as adapters_router
 from registry.admin.router import router as admin_router
-from registry.api.deps import get_context
+from registry.api.audit import router as audit_router
+from registry.api.deps import document_access, get_context, require
 from registry.api.errors import install_error_handlers
+from registry.auth.router import router as auth_router
 from registry.base_models.router import compat_router
 from registry.base_models.router import router as base_models_router
 from registry.blobs.router import router as blobs_router
 from registry.config import Settings
 from registry.context import RegistryContext
-from registry.db.engine import current_revision
+from registry.db.engine import current_revision, session_scope
 from registry.errors import RegistryError
 from registry.evals.router import router as evals_router
 from registry.evals.router import suites_router
+from registry.events.dispatcher import Dispatcher
 from registry.events.router import router as events_router
+from registry.events.webhook_router import router as webhooks_router
 from registry.exports.router import router as exports_router
+from registry.jobs.queries import job_stats
 from registry.jobs.router import router as jobs_router
 from registry.lifecycle.router import policies_router
 from registry.lifecycle.router import router as lifecycle_router
+from registry.observability.logs import REQUEST_ID_HEADER, request_id
+from registry.observability.metrics import CONTENT_TYPE_LATEST, ApiMetrics, JobStats
 from registry.ui.router import router as ui_router
 from registry.validation.router import router as validation_router
 from registry.validation.service import handlers as job_handlers
 
 log = logging.getLogger("registry.api")
-health = APIRouter(tags=["health"])
+access_log = logging.getLogger("registry.access")
+# Open on purpose (probes and scrapers carry no token): require(None) records the decision.
+health = APIRouter(tags=["health"], dependencies=[require(None)])
 MAX_JSON_BODY = 8 * 1024 * 1024
 
 
@@ -118,19 +121,26 @@ async def readyz(request: Request) -> JSONResponse:
     return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
 
 
-class Metrics:
-    """Prometheus metrics on a registry of the app's own (several apps may share a process)."""
+def _job_stats(app: FastAPI) -> JobStats:
+    """The queue as the metrics show it, read at scrape time (one short transaction)."""
+    ctx: RegistryContext | None = app.state.registry
+    if ctx is None:
+        raise RuntimeError("the registry is not open yet")
+    now = datetime.now(UTC)
+    with session_scope(ctx.sessions) as session:
+        counts, oldest = job_stats(session, now=now)
+    queued = {kind: n for (kind, status), n in counts.items() if status == "queued"}
+    return JobStats(counts=counts, queued=queued,
+                    oldest_queued_age={k: max((now - t).total_seconds(), 0.0)
+                                       for k, t in oldest.items()})
 
-    def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        self.requests = Counter(
-            "registry_http_requests_total", "HTTP requests", ["method", "route", "status"],
-            registry=self.registry,
-        )
-        self.latency = Histogram(
-            "registry_http_request_seconds", "HTTP request latency", ["method", "route"],
-            registry=self.registry,
-        )
+
+def _job_stats_failed(exc: Exception) -> None:
+    log.warning("metrics: jobs table not readable: %s: %s", type(exc).__name__, exc)
+
+
+# The one blob download route: its response bodies are counted as blob bytes out.
+_BLOB_GET = "/api/v1/blobs/{digest}"
 
 
 class BodyTooLarge(StarletteHTTPException):
@@ -155,7 +165,12 @@ def _streams_a_blob(scope: Scope) -> bool:
 
 
 class RequestMiddleware:
-    """Per request: hold JSON bodies to MAX_JSON_BODY, and record metrics.
+    """Per request: an id, JSON bodies held to MAX_JSON_BODY, metrics, and one log line.
+
+    The request id is the client's ``X-Request-ID`` when it is safe to echo
+    (`registry.observability.logs.request_id`), a new one otherwise; every response carries it
+    back (errors too: the 500 handler reads it from the request's state) and so does the
+    request's log line (``registry.access``: method, route template, path, status, duration).
 
     The limit is checked on the declared ``Content-Length`` up front and on the bytes actually
     received (a chunked body declares none): reading stops at the first chunk past the limit,
@@ -168,7 +183,7 @@ class RequestMiddleware:
     download throughput through httpx.
     """
 
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+    def __init__(self, app: ASGIApp, metrics: ApiMetrics) -> None:
         self.app = app
         self.metrics = metrics
 
@@ -177,49 +192,58 @@ class RequestMiddleware:
             await self.app(scope, receive, send)
             return
         start = time.perf_counter()
+        headers = Headers(scope=scope)
+        rid = request_id(headers.get("x-request-id"))
+        scope.setdefault("state", {})["request_id"] = rid
+        status = 500
+        started = False
+        blob_out: int | None = None  # bytes sent, counted for blob downloads only
+
+        async def send_tagged(message: Message) -> None:
+            nonlocal status, started, blob_out
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                started = True
+                MutableHeaders(scope=message)[REQUEST_ID_HEADER] = rid
+                if scope["method"] == "GET" and _route_template(scope) == _BLOB_GET:
+                    blob_out = 0
+            elif blob_out is not None and message["type"] == "http.response.body":
+                blob_out += len(message.get("body", b""))
+            await send(message)
+
         # Blob uploads stream into the store with their own limit (max_file_bytes) and their
         # receive is left as it is (a wrapper per chunk costs upload throughput); every other
         # body is parsed in memory.
         limited = not _streams_a_blob(scope)
-        declared = Headers(scope=scope).get("content-length")
-        if limited and declared is not None and (
-            not declared.isdigit() or int(declared) > MAX_JSON_BODY
-        ):
-            await self._too_large(scope, receive, send)
-            self._observe(scope, 413, start)
-            return
-        status = 500
-        started = False
-
-        async def send_status(message: Message) -> None:
-            nonlocal status, started
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                started = True
-            await send(message)
-
-        received = 0
-
-        async def receive_limited() -> Message:
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > MAX_JSON_BODY:
-                    raise BodyTooLarge()
-            return message
-
+        declared = headers.get("content-length")
         try:
-            await self.app(scope, receive_limited if limited else receive, send_status)
-        except BodyTooLarge:
-            # Normally rendered by the error handlers; this catches a read outside a route
-            # (or one whose error was wrapped), so the client still gets the 413.
-            if started:
-                raise
-            status = 413
-            await self._too_large(scope, receive, send)
+            if limited and declared is not None and (
+                not declared.isdigit() or int(declared) > MAX_JSON_BODY
+            ):
+                await self._too_large(scope, receive, send_tagged)
+                return
+
+            received = 0
+
+            async def receive_limited() -> Message:
+                nonlocal received
+                message = await receive()
+                if message["type"] == "http.request":
+                    received += len(message.get("body", b""))
+                    if received > MAX_JSON_BODY:
+                        raise BodyTooLarge()
+                return message
+
+            try:
+                await self.app(scope, receive_limited if limited else receive, send_tagged)
+            except BodyTooLarge:
+                # Normally rendered by the error handlers; this catches a read outside a route
+                # (or one whose error was wrapped), so the client still gets the 413.
+                if started:
+                    raise
+                await self._too_large(scope, receive, send_tagged)
         finally:
-            self._observe(scope, status, start)
+            self._observe(scope, status, start, rid, blob_out)
 
     @staticmethod
     async def _too_large(scope: Scope, receive: Receive, send: Send) -> None:
@@ -229,14 +253,29 @@ class RequestMiddleware:
         )
         await response(scope, receive, send)
 
-    def _observe(self, scope: Scope, status: int, start: float) -> None:
-        # The route's template as OpenAPI spells it ("/api/v1/blobs/{digest}"), without path
-        # convertors ("{digest:blob_digest}", "{name:path}").
-        route = scope.get("route")
-        path = getattr(route, "path_format", None) or getattr(route, "path", "unmatched")
+    def _observe(self, scope: Scope, status: int, start: float, rid: str,
+                 blob_out: int | None) -> None:
+        seconds = time.perf_counter() - start
+        route = _route_template(scope)
         method = scope["method"]
-        self.metrics.requests.labels(method, path, str(status)).inc()
-        self.metrics.latency.labels(method, path).observe(time.perf_counter() - start)
+        self.metrics.observe_request(route=route, method=method, status=status,
+                                     seconds=seconds)
+        if blob_out:
+            self.metrics.observe_blob_bytes("out", blob_out)
+        if access_log.isEnabledFor(logging.INFO):
+            access_log.info(
+                "%s %s %d %.1f ms", method, route, status, seconds * 1000,
+                extra={"fields": {"event": "request", "request_id": rid, "method": method,
+                                  "route": route, "path": scope["path"], "status": status,
+                                  "duration_ms": round(seconds * 1000, 3)}})
+
+
+def _route_template(scope: Scope) -> str:
+    # The route's template as OpenAPI spells it ("/api/v1/blobs/{digest}"), without path
+    # convertors ("{digest:blob_digest}", "{name:path}"): a bounded label, unlike the path.
+    route = scope.get("route")
+    template = getattr(route, "path_format", None) or getattr(route, "path", None)
+    return template if isinstance(template, str) else "unmatched"
 
 
 def create_app(
@@ -259,9 +298,13 @@ def create_app(
             app.state.registry = await run_in_threadpool(
                 RegistryContext.open, settings or Settings()
             )
+        # Webhook deliveries are sent from the server process (every replica; claims are safe).
+        dispatcher = Dispatcher(app.state.registry.sessions, app.state.registry.settings)
+        dispatcher.start()
         try:
             yield
         finally:
+            await run_in_threadpool(dispatcher.stop)
             if owned and app.state.registry is not None:
                 app.state.registry.close()
                 app.state.registry = None
@@ -274,7 +317,8 @@ def create_app(
     )
     app.state.registry = context
     app.state.job_handlers = job_handlers()
-    metrics = Metrics()
+    metrics = ApiMetrics()
+    metrics.watch_jobs(lambda: _job_stats(app), _job_stats_failed)
     app.state.metrics = metrics
     install_error_handlers(app)
     app.include_router(health)
@@ -286,17 +330,23 @@ def create_app(
     app.include_router(validation_router)
     app.include_router(jobs_router)
     app.include_router(events_router)
+    app.include_router(webhooks_router)
     app.include_router(lifecycle_router)
     app.include_router(policies_router)
     app.include_router(adapters_router)
     app.include_router(base_models_router)
     app.include_router(admin_router)
+    app.include_router(auth_router)
+    app.include_router(audit_router)
     app.include_router(ui_router)  # the web UI under /ui (HTML; not in the OpenAPI schema)
 
-    @app.get("/metrics", tags=["health"], include_in_schema=False)
+    @app.get("/metrics", tags=["health"], include_in_schema=False,
+             dependencies=[require(None)])
     def prometheus_metrics() -> Response:
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        # A sync route: the queue families query the database on a threadpool thread.
+        return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
     app.add_middleware(RequestMiddleware, metrics=metrics)
+    document_access(app.routes)
 
     return app

@@ -113,5 +113,9 @@ def _routes(routes: Iterable[Any]) -> Iterator[tuple[re.Pattern[str], set[str]]]
 
 def _internal_error(req: Request, exc: Exception) -> JSONResponse:
     # A bug, not bad input: log it whole, tell the client only that it happened.
-    log.error("unhandled error on %s %s", req.method, req.url.path, exc_info=exc)
-    return _error(500, "internal_error", "internal error; see the server log")
+    rid = getattr(req.state, "request_id", None)
+    log.error("unhandled error on %s %s (request id %s)", req.method, req.url.path, rid,
+              exc_info=exc)
+    # Sent by Starlette's outermost middleware, past the one that tags responses with the id.
+    return _error(500, "internal_error", "internal error; see the server log",
+                  headers={"X-Request-ID": rid} if rid else None)

@@ -16,6 +16,8 @@ class ErrorOut(BaseModel):
 
 _MEANING = {
     400: "the request is malformed (e.g. digest_mismatch: the body does not hash to the digest)",
+    401: "unauthenticated: no token, or an invalid, expired or revoked one",
+    403: "permission_denied: the token lacks the scope or namespace this needs",
     404: "something named does not exist",
     409: "the request conflicts with what is stored",
     413: "too_large: a body, file or range over its limit",

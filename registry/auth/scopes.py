@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from enum import StrEnum
 
 
@@ -26,6 +27,7 @@ class Principal:
     name: str
     scopes: frozenset[str]
     namespaces: frozenset[str] = frozenset()
+    expires_at: datetime | None = None
 
     def has_scope(self, scope: Scope) -> bool:
         return scope.value in self.scopes or Scope.ADMIN.value in self.scopes

@@ -14,8 +14,9 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.convertors import Convertor, register_url_convertor
 
-from registry.api.deps import ContextDep, Digest, SessionDep, StoreDep
+from registry.api.deps import ContextDep, Digest, SessionDep, StoreDep, require
 from registry.api.responses import error_responses
+from registry.auth.scopes import Scope
 from registry.blobs import service
 from registry.blobs.schemas import BlobSizeOut, BlobUploadOut, PinIn, PinOut
 from registry.context import RegistryContext
@@ -55,7 +56,8 @@ def _headers(digest: str, size: int) -> dict[str, str]:
              responses={200: {"description": "stored; Content-Length is its size"},
                         404: {"description": "not stored: upload it"},
                         422: {"description": "invalid digest"},
-                        503: {"description": "the database is unavailable"}})
+                        503: {"description": "the database is unavailable"}},
+             dependencies=[require(Scope.READ)])
 def head_blob(digest: Digest, session: SessionDep) -> Response:
     blob = service.get_blob(session, digest=digest)
     if blob is None:
@@ -118,7 +120,8 @@ def _pieces(store: BlobStore, digest: str, start: int, end: int, first: bytes) -
                              "content": {"application/octet-stream": {}}},
                        206: {"description": "the requested byte range (Content-Range)",
                              "content": {"application/octet-stream": {}}},
-                       **error_responses(404, 416, 422, 503)})
+                       **error_responses(404, 416, 422, 503)},
+            dependencies=[require(Scope.READ)])
 def get_blob(digest: Digest, session: SessionDep, store: StoreDep,
              range_header: Annotated[str | None, Header(alias="range")] = None) -> Response:
     """Stream a blob. ``Range: bytes=a-b``, ``bytes=a-`` or ``bytes=-n`` returns those bytes
@@ -207,8 +210,12 @@ async def _receive(request: Request, ctx: RegistryContext, digest: str | None) -
             inflight = None
         if pending:
             await run_in_threadpool(write_all, pending)
-        return await run_in_threadpool(
+        stored = await run_in_threadpool(
             lambda: service.finish_upload(ctx.sessions, writer, pin_seconds=pin_seconds))
+        metrics = getattr(request.app.state, "metrics", None)  # the app's ApiMetrics
+        if metrics is not None:
+            metrics.observe_blob_bytes("in", stored[1])
+        return stored
     except BaseException:
         if inflight is not None:
             await asyncio.gather(inflight, return_exceptions=True)
@@ -219,7 +226,8 @@ async def _receive(request: Request, ctx: RegistryContext, digest: str | None) -
 @router.put("/{digest:blob_digest}", status_code=201, response_class=Response,
             openapi_extra=_STREAMED_BODY,
             responses={201: {"description": "stored (Location, Docker-Content-Digest); no body"},
-                       **error_responses(400, 413, 422, 503, 507)})
+                       **error_responses(400, 413, 422, 503, 507)},
+            dependencies=[require(Scope.PUSH)])
 async def put_blob(digest: Digest, request: Request, ctx: ContextDep) -> Response:
     """Stream the body into the store; it becomes visible only if its sha256 equals ``digest``."""
     parse_digest(digest)
@@ -230,7 +238,8 @@ async def put_blob(digest: Digest, request: Request, ctx: ContextDep) -> Respons
     )
 
 
-@router.get("/sizes/{size}", response_model=BlobSizeOut, responses=error_responses(422, 503))
+@router.get("/sizes/{size}", response_model=BlobSizeOut, responses=error_responses(422, 503),
+            dependencies=[require(Scope.READ)])
 def blob_size(size: Annotated[int, FPath(ge=0, le=MAX_SIZE)], session: SessionDep,
               store: StoreDep) -> BlobSizeOut:
     """Whether any stored blob has exactly ``size`` bytes, and whether this registry accepts
@@ -242,7 +251,8 @@ def blob_size(size: Annotated[int, FPath(ge=0, le=MAX_SIZE)], session: SessionDe
 
 @router.post("/uploads", status_code=201, response_model=BlobUploadOut,
              openapi_extra=_STREAMED_BODY,
-             responses=error_responses(413, 422, 503, 507))
+             responses=error_responses(413, 422, 503, 507),
+             dependencies=[require(Scope.PUSH)])
 async def upload_new_blob(request: Request, ctx: ContextDep) -> JSONResponse:
     """Stream a body whose digest the server computes (one hashing pass for the client, which
     hashes while sending and compares with the digest returned). Only where the blob store can
@@ -256,7 +266,8 @@ async def upload_new_blob(request: Request, ctx: ContextDep) -> JSONResponse:
     )
 
 
-@router.post("/pins", response_model=PinOut, responses=error_responses(413, 422, 503))
+@router.post("/pins", response_model=PinOut, responses=error_responses(413, 422, 503),
+             dependencies=[require(Scope.PUSH)])
 def pin_blobs(body: PinIn, session: SessionDep) -> PinOut:
     """Keep stored blobs from gc for ``seconds`` while a push uploads the rest and creates its
     version (gc at any grace period leaves them alone); answers which are not stored. A push

@@ -12,15 +12,20 @@ The target directory:
   (``DIR/.staging-<random>.partial``), then each verified top-level entry is renamed up into
   it; the directory itself is kept (a mount point cannot be replaced);
 - exists and is not empty: refused (`OutputExists`), unless ``force``: then staged beside it,
-  and once complete the old directory is renamed aside, the new one renamed into place and the
-  old one removed. A mount point cannot be renamed: empty it instead.
+  and once complete the two directories are exchanged in one step (Linux ``renameat2`` with
+  ``RENAME_EXCHANGE``: a reader sees the old directory or the new one, never none) and the old
+  one removed; where the kernel or filesystem cannot exchange, the old directory is renamed
+  aside and the new one renamed into place. A mount point cannot be renamed: empty it instead.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import os
 import shutil
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -99,6 +104,9 @@ def _rename_into_place(staging: Path, target: Path, *, force: bool, token: str) 
     if target.is_dir() and any(target.iterdir()):
         if not force:
             raise OutputExists(f"{target} was filled while the download ran")
+        if _exchange(staging, target):
+            shutil.rmtree(staging, ignore_errors=True)  # now the old directory
+            return
         old = target.parent / f".{target.name}.{token}.old"
         target.rename(old)
         staging.rename(target)
@@ -106,3 +114,24 @@ def _rename_into_place(staging: Path, target: Path, *, force: bool, token: str) 
         return
     # rename(2) replaces an empty directory in one step.
     staging.rename(target)
+
+
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths atomically (Linux ``renameat2(RENAME_EXCHANGE)``); False where the
+    platform, libc or filesystem cannot (the caller then renames in two steps)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (AttributeError, OSError):  # a libc without it (glibc < 2.28, some musl)
+        return False
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), str(b))

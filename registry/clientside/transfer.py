@@ -16,6 +16,7 @@ from registry.backend import RegistryBackend
 from registry.base_models.schemas import BaseModelOut, RegisterBaseIn
 from registry.base_models.sources import wanted
 from registry.clientside.ci_env import detect_provenance
+from registry.clientside.manifest import MANIFEST_NAME, holds, read_manifest, write_manifest
 from registry.clientside.staging import staged_dir
 from registry.config import Settings
 from registry.errors import (
@@ -275,7 +276,8 @@ def pull(
     force: bool = False,
     progress: ProgressFactory | None = None,
 ) -> tuple[VersionOut, list[str]]:
-    """Write every file of a version into ``directory``, each verified against its digest.
+    """Write every file of a version into ``directory``, each verified against its digest,
+    with a manifest naming the version (``.adapter-registry.json``, `clientside.manifest`).
 
     The whole set is checked first (paths a server sends are untrusted: `check_paths`), then
     downloaded into a staging directory and installed only when every file matched its sha256
@@ -283,7 +285,7 @@ def pull(
 
     Args:
         backend: The registry.
-        ref: NAME or NAME:VERSION.
+        ref: NAME, NAME:VERSION or NAME@ALIAS.
         directory: Must not exist or be empty, unless ``force``.
         force: Replace a non-empty ``directory``.
         progress: Progress bars, one per file.
@@ -297,8 +299,57 @@ def pull(
     """
     version = resolve(backend, ref)
     check_paths([f.path for f in version.files])
+    return version, _install(backend, version, requested=ref, directory=directory,
+                             force=force, progress=progress)
+
+
+@dataclass
+class SyncResult:
+    version: VersionOut
+    files: list[str]
+    changed: bool
+
+
+def pull_if_changed(
+    backend: RegistryBackend,
+    *,
+    ref: str,
+    directory: Path,
+    force: bool = False,
+    progress: ProgressFactory | None = None,
+) -> SyncResult:
+    """`pull` for a poller: nothing is touched when ``directory`` already holds the version
+    ``ref`` names (its manifest says so and every file has its recorded size: `manifest.holds`);
+    a directory holding another pulled version (a registry manifest) is replaced in one swap,
+    as with ``force``. A directory without a manifest is still refused unless ``force``.
+
+    Returns:
+        The version, its paths, and whether ``directory`` changed.
+
+    Raises:
+        As `pull`; InvalidInput when the version itself has a file named like the manifest.
+    """
+    version = resolve(backend, ref)
+    check_paths([f.path for f in version.files])
+    if any(f.path == MANIFEST_NAME for f in version.files):
+        raise InvalidInput(f"{version.ref} has a file named {MANIFEST_NAME}: the manifest "
+                           "--if-changed relies on cannot be written; pull it without "
+                           "--if-changed")
+    paths = [f.path for f in version.files]
+    if holds(directory, version):
+        return SyncResult(version, paths, changed=False)
+    replace = force or (directory.is_dir() and not directory.is_symlink()
+                        and read_manifest(directory) is not None)
+    written = _install(backend, version, requested=ref, directory=directory, force=replace,
+                       progress=progress)
+    return SyncResult(version, written, changed=True)
+
+
+def _install(backend: RegistryBackend, version: VersionOut, *, requested: str,
+             directory: Path, force: bool, progress: ProgressFactory | None,
+             hint: str = "--force") -> list[str]:
     written: list[str] = []
-    with staged_dir(directory, force=force, hint="--force") as staging:
+    with staged_dir(directory, force=force, hint=hint) as staging:
         for f in version.files:
             # check_paths refused "..", absolute paths and backslashes, and the staging
             # directory is new and ours: the join stays inside it.
@@ -326,4 +377,6 @@ def pull(
                     f"expected {f.digest} ({f.size} bytes)"
                 )
             written.append(f.path)
-    return version, written
+        if MANIFEST_NAME not in written:  # a version with a file of that name keeps its own
+            write_manifest(staging, version, requested=requested)
+    return written

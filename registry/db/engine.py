@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -11,9 +12,13 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
 
 from registry.db.timeouts import DbTimeouts
+
+# A pooled PostgreSQL connection idle for longer than this is pinged before it is handed out.
+PING_AFTER_IDLE_SECONDS = 1.0
 
 MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
 
@@ -28,7 +33,8 @@ def make_engine(url: str, *, timeouts: DbTimeouts | None = None, **kwargs: Any) 
 
     PostgreSQL gets a connect timeout (a server that accepts TCP and never answers fails the
     attempt instead of holding a thread forever), a server-side ``statement_timeout`` and
-    pre-ping (a connection the server dropped is replaced at checkout, not handed out).
+    a pre-ping on connections idle for more than ``PING_AFTER_IDLE_SECONDS`` (a connection the
+    server dropped while it sat in the pool is replaced at checkout, not handed out).
 
     Args:
         url: SQLAlchemy database URL (``sqlite:///...`` or ``postgresql+psycopg://...``).
@@ -77,7 +83,8 @@ def make_engine(url: str, *, timeouts: DbTimeouts | None = None, **kwargs: Any) 
         own = parsed.query.get("options")
         own_options = own if isinstance(own, str) else " ".join(own or ())
         connect_args["options"] = f"{statement} {own_options}".strip()
-    engine = create_engine(url, pool_pre_ping=True, connect_args=connect_args, **kwargs)
+    engine = create_engine(url, connect_args=connect_args, **kwargs)
+    _ping_after_idle(engine, PING_AFTER_IDLE_SECONDS)
 
     @event.listens_for(engine, "do_connect")
     def _connect(dialect: Any, _record: Any, cargs: Any, cparams: Any) -> Any:
@@ -92,6 +99,34 @@ def make_engine(url: str, *, timeouts: DbTimeouts | None = None, **kwargs: Any) 
             raise
 
     return engine
+
+
+def _ping_after_idle(engine: Engine, idle_seconds: float) -> None:
+    """Pre-ping a pooled connection at checkout only when it sat idle for ``idle_seconds``.
+
+    SQLAlchemy's ``pool_pre_ping`` pings on every checkout: one extra round trip per request,
+    the largest part of a cached resolve. A connection checked in a moment ago was alive a
+    moment ago (HikariCP's ``aliveBypassWindowMs`` makes the same bet, at 500 ms); if the
+    server dropped it in between, the request's own statement fails, the error handler answers
+    503 and the pool discards the connection. Raising ``DisconnectionError`` here makes the
+    pool replace a dead idle connection and retry the checkout.
+    """
+
+    @event.listens_for(engine, "checkin")
+    def _checkin(_dbapi_conn: Any, record: Any) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _checkout(dbapi_conn: Any, record: Any, _proxy: Any) -> None:
+        idle_since = record.info.get("idle_since")
+        if idle_since is None or time.monotonic() - idle_since < idle_seconds:
+            return  # a new connection, or one in use a moment ago
+        try:
+            alive = engine.dialect.do_ping(dbapi_conn)
+        except Exception as exc:
+            raise DisconnectionError("pooled connection failed its pre-ping") from exc
+        if not alive:
+            raise DisconnectionError("pooled connection failed its pre-ping")
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:

@@ -72,3 +72,13 @@ class AliasAction(enum.StrEnum):
     rollback = "rollback"
     force = "force"  # a promotion that skipped failing gates (--force)
     delete = "delete"
+
+
+class DeliveryStatus(enum.StrEnum):
+    """A webhook delivery's life: pending -> delivering (claimed, leased) -> delivered | failed;
+    a retryable failure puts it back to pending with a later ``next_attempt_at``."""
+
+    pending = "pending"
+    delivering = "delivering"
+    delivered = "delivered"
+    failed = "failed"

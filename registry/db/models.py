@@ -1,4 +1,5 @@
-"""ORM models: blobs, bases, adapters, versions, verdicts, exports, jobs, evals, aliases, events."""
+"""ORM models: blobs, bases, adapters, versions, verdicts, exports, jobs, evals, aliases, events,
+API tokens."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from registry.db.base import Base, BigId, utcnow
 from registry.db.enums import (
     AliasAction,
     BlobState,
+    DeliveryStatus,
     JobKind,
     JobStatus,
     ScoreSource,
@@ -40,11 +42,13 @@ __all__ = [
     "Alias",
     "AliasAction",
     "AliasEvent",
+    "ApiToken",
     "BaseModelFile",
     "BaseModelRow",
     "Blob",
     "BlobState",
     "Compatibility",
+    "DeliveryStatus",
     "EvalScore",
     "EvalSuite",
     "EvalSuiteFile",
@@ -61,6 +65,8 @@ __all__ = [
     "SuiteKind",
     "VersionFile",
     "VersionStatus",
+    "Webhook",
+    "WebhookDelivery",
 ]
 
 
@@ -564,3 +570,83 @@ class Event(Base):
     actor: Mapped[str | None] = mapped_column(String(200))
     payload: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+
+# --- access control: API tokens ---------------------------------------------------------------
+
+
+class ApiToken(Base):
+    """A named API token: only the SHA-256 of its secret is kept (the secret is shown once).
+
+    Secrets are 32 random bytes, so a plain hash is enough (nothing to brute-force); a token
+    is looked up by its hash. Revoked tokens keep their row (and name): the audit log names
+    them.
+    """
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    secret_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    scopes: Mapped[list[str]] = mapped_column(JSON)
+    # Empty: every adapter; otherwise only NS/* adapters for NS in it.
+    namespaces: Mapped[list[str]] = mapped_column(JSON)
+    expires_at: Mapped[datetime | None] = mapped_column()
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_by: Mapped[str | None] = mapped_column(String(200))
+    revoked_at: Mapped[datetime | None] = mapped_column()
+
+
+# --- webhooks: subscriptions and their deliveries (written with the event: the outbox) --------
+
+
+class Webhook(Base):
+    """A subscription: events of ``event_types`` (optionally of one adapter) are POSTed to
+    ``url``, signed with ``secret`` (``whsec_…``; kept to sign, never returned after creation).
+    ``webhook rm`` sets ``active`` false: its deliveries stay readable."""
+
+    __tablename__ = "webhooks"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    url: Mapped[str] = mapped_column(String(2048))
+    event_types: Mapped[Any] = mapped_column(JSON, default=list)
+    adapter: Mapped[str | None] = mapped_column(String(200))
+    secret: Mapped[str] = mapped_column(String(200))
+    active: Mapped[bool] = mapped_column(Boolean, default=True, index=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_by: Mapped[str | None] = mapped_column(String(200))
+
+
+class WebhookDelivery(Base):
+    """One event for one webhook, at most once: ``(webhook_id, event_id)`` unique.
+
+    A dispatcher claims due rows (``FOR UPDATE SKIP LOCKED`` on PostgreSQL) by setting
+    ``status=delivering`` and a lease (``claimed_until``); a lease that expires (a dead server)
+    makes the row claimable again. ``attempts`` counts claims and fences late outcomes.
+    """
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        UniqueConstraint("webhook_id", "event_id"),
+        Index("ix_webhook_deliveries_status_next_attempt_at", "status", "next_attempt_at"),
+        Index("ix_webhook_deliveries_status_claimed_until", "status", "claimed_until"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    webhook_id: Mapped[int] = mapped_column(ForeignKey("webhooks.id", ondelete="CASCADE"))
+    event_id: Mapped[int] = mapped_column(ForeignKey("events.id", ondelete="CASCADE"),
+                                          index=True)
+    status: Mapped[DeliveryStatus] = mapped_column(_enum(DeliveryStatus, "delivery_status"),
+                                                   default=DeliveryStatus.pending)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(default=utcnow)
+    claimed_until: Mapped[datetime | None] = mapped_column()
+    last_status_code: Mapped[int | None] = mapped_column(Integer)
+    last_response: Mapped[str | None] = mapped_column(Text)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    delivered_at: Mapped[datetime | None] = mapped_column()
+
+    webhook: Mapped[Webhook] = relationship()
+    event: Mapped[Event] = relationship()

@@ -8,6 +8,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, Strict
 
+from registry.db.enums import SuiteKind
 from registry.evals.metrics import METRIC_RE, SUITE_RE
 from registry.refs import NAME_PATTERN
 
@@ -37,8 +38,9 @@ class CreateSuiteIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(max_length=100)
-    kind: str = Field(max_length=32, description="perplexity, generate, classify or lm-eval")
+    name: str = Field(max_length=100, json_schema_extra={"pattern": SUITE_RE.pattern})
+    kind: str = Field(max_length=32, description="perplexity, generate, classify or lm-eval",
+                      json_schema_extra={"enum": [k.value for k in SuiteKind]})
     files: dict[str, str] = Field(description="path -> sha256 digest")
     options: dict[str, int | str] = Field(default_factory=dict)
     created_by: str | None = Field(default=None, max_length=200)

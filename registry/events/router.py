@@ -6,15 +6,17 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from registry.api.deps import SessionDep
+from registry.api.deps import SessionDep, require
 from registry.api.responses import error_responses
+from registry.auth.scopes import Scope
 from registry.events import service
 from registry.events.schemas import EventPageOut
 
 router = APIRouter(prefix="/api/v1/events", tags=["events"])
 
 
-@router.get("", response_model=EventPageOut, responses=error_responses(422, 503))
+@router.get("", response_model=EventPageOut, responses=error_responses(422, 503),
+            dependencies=[require(Scope.READ, adapter_param=None)])
 def list_events(
     session: SessionDep,
     after: Annotated[int, Query(ge=0, le=2**63 - 1, description="the last id seen")] = 0,

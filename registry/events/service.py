@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 from registry.db.base import utcnow
 from registry.db.models import Event
 from registry.errors import InvalidInput
+from registry.events.outbox import fan_out
 from registry.events.schemas import EventOut, EventPageOut
 
 MAX_PAGE = 1000
@@ -20,7 +21,8 @@ MAX_PAGE = 1000
 def record(session: Session, *, type: str, adapter: str | None = None,
            version: int | None = None, alias: str | None = None, actor: str | None = None,
            payload: dict[str, Any] | None = None) -> Event:
-    """Add an event to the caller's unit of work: it commits (or not) with the change itself.
+    """Add an event to the caller's unit of work: it commits (or not) with the change itself,
+    and so do its deliveries to the webhooks subscribed to it (the outbox).
 
     Args:
         session: the change's session (flushed here so the event has its id).
@@ -33,6 +35,7 @@ def record(session: Session, *, type: str, adapter: str | None = None,
                   payload=payload or {}, created_at=utcnow())
     session.add(event)
     session.flush()
+    fan_out(session, event)
     return event
 
 

@@ -22,3 +22,9 @@ DELIVERABLE: tuple[str, ...] = (
     ALIAS_DELETED,
     EXPORT_CREATED,
 )
+
+# Webhook changes (audit only: webhooks never receive them) and the event `webhook test`
+# enqueues for one webhook.
+WEBHOOK_ADDED = "webhook.added"
+WEBHOOK_REMOVED = "webhook.removed"
+WEBHOOK_TEST = "webhook.test"

@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Response
 
 from registry.api.deps import (
+    AccessDep,
     ActorDep,
     AdapterName,
     OptionalBaseName,
@@ -14,8 +15,10 @@ from registry.api.deps import (
     SettingsDep,
     StoreDep,
     VersionNumber,
+    require,
 )
 from registry.api.responses import error_responses
+from registry.auth.scopes import Scope
 from registry.exports import service
 from registry.exports.schemas import ANONYMOUS, TOKEN_PREFIX, CreateExportIn, ExportOut
 
@@ -24,9 +27,12 @@ router = APIRouter(prefix="/api/v1", tags=["exports"])
 
 @router.post("/exports", response_model=ExportOut, status_code=201,
              responses={200: {"description": "the same export was already recorded"},
-                        **error_responses(404, 409, 413, 422, 503)})
+                        **error_responses(404, 409, 413, 422, 503)},
+             dependencies=[require(Scope.PUSH)])
 def create_export(body: CreateExportIn, session: SessionDep, store: StoreDep,
-                  settings: SettingsDep, actor: ActorDep, response: Response) -> ExportOut:
+                  settings: SettingsDep, actor: ActorDep, access: AccessDep,
+                  response: Response) -> ExportOut:
+    access.admit(body.name)
     # Who uploaded it comes from the request's authentication alone (anonymous until tokens
     # exist); clients decide whether to reuse an export from this provenance.
     provenance = ANONYMOUS if actor is None else f"{TOKEN_PREFIX}{actor.name}"
@@ -40,7 +46,7 @@ def create_export(body: CreateExportIn, session: SessionDep, store: StoreDep,
 
 
 @router.get("/adapters/{name:path}/versions/{version}/exports", response_model=list[ExportOut],
-            responses=error_responses(404, 422, 503))
+            responses=error_responses(404, 422, 503), dependencies=[require(Scope.READ)])
 def list_exports(
     name: AdapterName, version: VersionNumber, session: SessionDep,
     base: OptionalBaseName = None,

@@ -13,6 +13,8 @@ from registry.config import Settings
 from registry.db.dialect import add_unless_exists
 from registry.db.models import AdapterVersion, BaseModelRow, Blob, Export, ExportFile
 from registry.errors import Conflict, InvalidInput, TooLarge
+from registry.events import service as events
+from registry.events import types as event_types
 from registry.exports.checks import check_export_files
 from registry.exports.schemas import CreateExportIn, ExportOut
 from registry.formats import TensorInfo, check_paths
@@ -117,6 +119,11 @@ def _record(session: Session, *, body: CreateExportIn, version: AdapterVersion,
     if not add_unless_exists(session, export):  # recorded concurrently: compare with that one
         return _record(session, body=body, version=version, base=base, blobs=blobs,
                        provenance=provenance, created_by=created_by)
+    events.record(session, type=event_types.EXPORT_CREATED, adapter=version.adapter.name,
+                  version=version.version, actor=created_by,
+                  payload={"export": export.id, "base_model": base.name,
+                           "base_revision": base.revision, "dtype": body.dtype,
+                           "provenance": provenance, "total_size": export.total_size})
     return export, True
 
 

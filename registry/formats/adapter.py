@@ -39,6 +39,10 @@ MAX_SEGMENT_BYTES = 255
 # Directories list_local_files leaves out: VCS metadata and the download cache that
 # `huggingface_hub` writes into a local_dir; neither is part of an adapter.
 SKIPPED_DIRS: tuple[str, ...] = (".git", ".cache/huggingface")
+# The manifest `pull` writes at the top of its directory (registry/clientside/manifest.py):
+# what the registry says about the files, never one of them, so a pulled directory pushed
+# again has the same files.
+PULL_MANIFEST = ".adapter-registry.json"
 
 _DRIVE = re.compile(r"^[A-Za-z]:")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
@@ -316,7 +320,8 @@ def list_local_files(root: Path) -> list[str]:
     """Relative POSIX paths of the regular files under `root`, sorted.
 
     Symlinks to regular files inside `root` are listed under the link's path. Directories in
-    SKIPPED_DIRS (relative to `root`, or `.git` at any depth) are left out; nothing else is.
+    SKIPPED_DIRS (relative to `root`, or `.git` at any depth) and a pull's manifest at the top
+    (PULL_MANIFEST) are left out; nothing else is.
 
     Args:
         root: The adapter directory.
@@ -345,6 +350,8 @@ def list_local_files(root: Path) -> list[str]:
         dirnames[:] = kept
         for name in filenames:
             rel = f"{rel_dir}/{name}" if rel_dir else name
+            if rel == PULL_MANIFEST:
+                continue
             full = Path(dirpath) / name
             if full.is_symlink():
                 if not full.exists():

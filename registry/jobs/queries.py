@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 
-from sqlalchemy import Select, select
+from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session, selectinload
 
 from registry.db.enums import JobKind, JobStatus
@@ -63,3 +64,34 @@ def running_validations(session: Session, *, version_id: int,
     if exclude is not None:
         stmt = stmt.where(Job.id != exclude)
     return len(session.scalars(stmt).all())
+
+
+def pending_validation(session: Session, *, version_id: int, base_id: int,
+                       suites: list[str]) -> Job | None:
+    """The oldest queued or running validate job of this version on this base with exactly
+    these suites, if any: asking again for what is already on its way gets that job."""
+    stmt = select(Job).where(Job.adapter_version_id == version_id, Job.base_model_id == base_id,
+                             Job.kind == JobKind.validate,
+                             Job.status.in_([JobStatus.queued, JobStatus.running]))
+    for job in session.scalars(stmt.order_by(Job.id)):
+        if job.payload.get("suites") == suites:
+            return job
+    return None
+
+
+def job_stats(session: Session, *, now: datetime
+              ) -> tuple[dict[tuple[str, str], int], dict[str, datetime]]:
+    """What the queue metrics show, in two grouped queries: jobs per (kind, status), every
+    pair present (0 when none), and per kind the ``run_after`` of the oldest queued job that is
+    runnable at ``now``."""
+    counts = {(k.value, s.value): 0 for k in JobKind for s in JobStatus}
+    for kind, status, n in session.execute(
+            select(Job.kind, Job.status, func.count()).group_by(Job.kind, Job.status)):
+        counts[(JobKind(kind).value, JobStatus(status).value)] = n
+    oldest: dict[str, datetime] = {}
+    for kind, first in session.execute(
+            select(Job.kind, func.min(Job.run_after))
+            .where(Job.status == JobStatus.queued, Job.run_after <= now).group_by(Job.kind)):
+        if first is not None:
+            oldest[JobKind(kind).value] = first
+    return counts, oldest

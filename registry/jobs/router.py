@@ -7,7 +7,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
 
-from registry.api.deps import HandlersDep, JobId, SessionDep, SettingsDep
+from registry.api.deps import HandlersDep, JobId, SessionDep, SettingsDep, require
+from registry.api.responses import error_responses
+from registry.auth.scopes import Scope
+from registry.db.enums import JobKind, JobStatus
 from registry.jobs import queries, service
 from registry.jobs.schemas import (
     ClaimedJobOut,
@@ -20,13 +23,24 @@ from registry.jobs.schemas import (
 )
 
 router = APIRouter(prefix="/api/v1/jobs", tags=["jobs"])
+# Workers need validate (claim, heartbeat, complete, fail, release); managing the queue (cancel,
+# retry) is what the push side does (it queues validations); reading it, read.
+_READ = [require(Scope.READ, adapter_param=None)]
+_WORKER = [require(Scope.VALIDATE, adapter_param=None)]
+_MANAGE = [require(Scope.PUSH, adapter_param=None)]
+_LOOKUP = error_responses(404, 422, 503)
+_CHANGE = error_responses(404, 409, 422, 503)
+_REPORT = error_responses(404, 409, 413, 422, 503)
 
 
-@router.get("", response_model=list[JobOut])
+@router.get("", response_model=list[JobOut], dependencies=_READ,
+            responses=error_responses(422, 503))
 def list_jobs(
     session: SessionDep,
-    status: Annotated[str | None, Query(max_length=16)] = None,
-    kind: Annotated[str | None, Query(max_length=16)] = None,
+    status: Annotated[str | None, Query(max_length=16, json_schema_extra={
+        "enum": [s.value for s in JobStatus]})] = None,
+    kind: Annotated[str | None, Query(max_length=16, json_schema_extra={
+        "enum": [k.value for k in JobKind]})] = None,
     limit: Annotated[int, Query(ge=1, le=queries.MAX_LIST)] = 100,
 ) -> list[JobOut]:
     """Every job, newest first (finished ones included)."""
@@ -35,7 +49,8 @@ def list_jobs(
 
 
 @router.post("/claim", response_model=ClaimedJobOut,
-             responses={204: {"description": "nothing is claimable now"}})
+             responses={204: {"description": "nothing is claimable now"},
+                        **error_responses(413, 422, 503)}, dependencies=_WORKER)
 def claim(body: ClaimIn, session: SessionDep, settings: SettingsDep,
           handlers: HandlersDep) -> ClaimedJobOut | Response:
     """Take the next claimable job (queued, or running with an expired lease)."""
@@ -44,12 +59,14 @@ def claim(body: ClaimIn, session: SessionDep, settings: SettingsDep,
     return Response(status_code=204) if claimed is None else claimed
 
 
-@router.get("/{job_id}", response_model=JobOut)
+# ":int": /jobs/claim is not a job id (a 405 there must not advertise GET).
+@router.get("/{job_id:int}", response_model=JobOut, dependencies=_READ, responses=_LOOKUP)
 def show_job(job_id: JobId, session: SessionDep) -> JobOut:
     return service.show(session, job_id=job_id)
 
 
-@router.post("/{job_id}/heartbeat", response_model=LeaseOut)
+@router.post("/{job_id}/heartbeat", response_model=LeaseOut, dependencies=_WORKER,
+             responses=_REPORT)
 def heartbeat(job_id: JobId, body: LeaseIn, session: SessionDep,
               settings: SettingsDep) -> LeaseOut:
     """Renew the lease; 409 ``lease_lost`` when the job was taken over or cancelled."""
@@ -59,7 +76,8 @@ def heartbeat(job_id: JobId, body: LeaseIn, session: SessionDep,
                     lease_expires_at=job.lease_expires_at)
 
 
-@router.post("/{job_id}/complete", response_model=JobOut)
+@router.post("/{job_id}/complete", response_model=JobOut, dependencies=_WORKER,
+             responses=_REPORT)
 def complete(job_id: JobId, body: CompleteJobIn, session: SessionDep,
              handlers: HandlersDep) -> JobOut:
     """The worker's report; 409 ``lease_lost`` from a worker that no longer holds the job."""
@@ -68,7 +86,8 @@ def complete(job_id: JobId, body: CompleteJobIn, session: SessionDep,
     return service.show(session, job_id=job.id)
 
 
-@router.post("/{job_id}/fail", response_model=JobOut)
+@router.post("/{job_id}/fail", response_model=JobOut, dependencies=_WORKER,
+             responses=_REPORT)
 def fail(job_id: JobId, body: FailJobIn, session: SessionDep, handlers: HandlersDep) -> JobOut:
     """The worker could not run the job (no verdict)."""
     job = service.fail(session, job_id=job_id, worker=body.worker, attempt=body.attempt,
@@ -76,7 +95,8 @@ def fail(job_id: JobId, body: FailJobIn, session: SessionDep, handlers: Handlers
     return service.show(session, job_id=job.id)
 
 
-@router.post("/{job_id}/release", response_model=JobOut)
+@router.post("/{job_id}/release", response_model=JobOut, dependencies=_WORKER,
+             responses=_REPORT)
 def release(job_id: JobId, body: LeaseIn, session: SessionDep, handlers: HandlersDep) -> JobOut:
     """A stopping worker hands the job back to the queue (the attempt does not count)."""
     job = service.release(session, job_id=job_id, worker=body.worker, attempt=body.attempt,
@@ -84,14 +104,16 @@ def release(job_id: JobId, body: LeaseIn, session: SessionDep, handlers: Handler
     return service.show(session, job_id=job.id)
 
 
-@router.post("/{job_id}/cancel", response_model=JobOut)
+@router.post("/{job_id}/cancel", response_model=JobOut, dependencies=_MANAGE,
+             responses=_CHANGE)
 def cancel(job_id: JobId, session: SessionDep, handlers: HandlersDep) -> JobOut:
     """Cancel a queued or running job; 409 when it already finished."""
     job = service.cancel(session, job_id=job_id, handlers=handlers)
     return service.show(session, job_id=job.id)
 
 
-@router.post("/{job_id}/retry", response_model=JobOut)
+@router.post("/{job_id}/retry", response_model=JobOut, dependencies=_MANAGE,
+             responses=_CHANGE)
 def retry(job_id: JobId, session: SessionDep) -> JobOut:
     """Queue a failed or cancelled job again; 409 otherwise."""
     job = service.retry(session, job_id=job_id)

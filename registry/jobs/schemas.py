@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from registry.db.enums import JobKind
 
 JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 FINISHED = ("succeeded", "failed", "cancelled")
@@ -51,7 +53,8 @@ class ClaimIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     worker: str = Field(min_length=1, max_length=200, description="the worker's unique id")
-    kinds: list[str] = Field(default_factory=lambda: ["validate"], max_length=10)
+    kinds: list[Annotated[str, Field(json_schema_extra={"enum": [k.value for k in JobKind]})]] = (
+        Field(default_factory=lambda: ["validate"], min_length=1, max_length=10))
 
 
 class ClaimedJobOut(BaseModel):

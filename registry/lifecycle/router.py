@@ -12,8 +12,17 @@ from starlette.concurrency import run_in_threadpool
 from registry.adapters.queries import get_version
 from registry.adapters.schemas import VersionOut
 from registry.adapters.service import to_out
-from registry.api.deps import AdapterName, SessionDep, VersionNumber, get_context
+from registry.api.deps import (
+    AccessDep,
+    AdapterName,
+    SessionDep,
+    VersionNumber,
+    acting_as,
+    get_context,
+    require,
+)
 from registry.api.responses import error_responses
+from registry.auth.scopes import Scope
 from registry.context import RegistryContext
 from registry.db.engine import session_scope
 from registry.lifecycle import policies, queries, service
@@ -42,15 +51,14 @@ AliasName = Annotated[str, Path(max_length=100, description="alias, e.g. product
                                 json_schema_extra={"pattern": ALIAS_PATTERN})]
 _READ = error_responses(404, 422, 503)
 _MOVE = error_responses(404, 409, 413, 422, 503)
+_READ_SCOPE = [require(Scope.READ)]
+_PROMOTE_SCOPE = [require(Scope.PROMOTE)]
+# Policies decide what a promotion must pass: setting them is an admin's job.
+_ADMIN_SCOPE = [require(Scope.ADMIN)]
 
 
-def authorize_force(body: PromoteIn) -> None:
-    """The access-control hook for ``force``: once tokens exist (a later issue), a forced
-    promotion needs the admin scope, checked here from the request's token before the service
-    runs. Until then every caller may force, and the history records who did."""
-
-
-@router.get("/{name:path}/aliases", response_model=list[AliasOut], responses=_READ)
+@router.get("/{name:path}/aliases", response_model=list[AliasOut], responses=_READ,
+            dependencies=_READ_SCOPE)
 def list_aliases(name: AdapterName, session: SessionDep) -> list[AliasOut]:
     return service.list_aliases(session, name=name)
 
@@ -92,7 +100,8 @@ def _version_json(ctx: RegistryContext, cache: VersionObjects, name: str, alias:
         return body
 
 
-@router.get("/{name:path}/aliases/{alias}", response_model=VersionOut, responses=_READ)
+@router.get("/{name:path}/aliases/{alias}", response_model=VersionOut, responses=_READ,
+            dependencies=_READ_SCOPE)
 async def resolve_alias(name: AdapterName, alias: AliasName, request: Request) -> Response:
     """The version ``NAME@ALIAS`` points at (the same object as ``show --json``).
 
@@ -105,36 +114,41 @@ async def resolve_alias(name: AdapterName, alias: AliasName, request: Request) -
     return Response(body, media_type="application/json")
 
 
-@router.put("/{name:path}/aliases/{alias}", response_model=PromoteOut, responses=_MOVE)
+@router.put("/{name:path}/aliases/{alias}", response_model=PromoteOut, responses=_MOVE,
+            dependencies=_PROMOTE_SCOPE)
 def promote(name: AdapterName, alias: AliasName, body: PromoteIn,
-            session: SessionDep) -> Response:
-    """Move (or create) the alias through the gates; 422 ``gate_failed`` changes nothing."""
+            session: SessionDep, access: AccessDep) -> Response:
+    """Move (or create) the alias through the gates; 422 ``gate_failed`` changes nothing.
+    ``force`` (skip failing gates) needs the admin scope."""
     if body.force:
-        authorize_force(body)
+        access.demand(Scope.ADMIN, why="promote --force")
     out = service.promote(session, name=name, alias=alias, version=body.version,
-                          actor=body.actor, reason=body.reason,
+                          actor=acting_as(access.principal, body.actor), reason=body.reason,
                           expect_current=body.expect_current, force=body.force)
     # Serialised here: FastAPI would validate the model again, on another thread hop.
     return Response(out.model_dump_json(), media_type="application/json")
 
 
-@router.post("/{name:path}/aliases/{alias}/rollback", response_model=RollbackOut, responses=_MOVE)
-def rollback(name: AdapterName, alias: AliasName, session: SessionDep,
+@router.post("/{name:path}/aliases/{alias}/rollback", response_model=RollbackOut, responses=_MOVE,
+             dependencies=_PROMOTE_SCOPE)
+def rollback(name: AdapterName, alias: AliasName, session: SessionDep, access: AccessDep,
              body: RollbackIn | None = None) -> RollbackOut:
     body = body or RollbackIn()
-    return service.rollback(session, name=name, alias=alias, to=body.to, actor=body.actor,
-                            reason=body.reason)
+    return service.rollback(session, name=name, alias=alias, to=body.to,
+                            actor=acting_as(access.principal, body.actor), reason=body.reason)
 
 
-@router.delete("/{name:path}/aliases/{alias}", response_model=AliasDeletedOut, responses=_MOVE)
-def delete_alias(name: AdapterName, alias: AliasName, session: SessionDep,
+@router.delete("/{name:path}/aliases/{alias}", response_model=AliasDeletedOut, responses=_MOVE,
+               dependencies=_PROMOTE_SCOPE)
+def delete_alias(name: AdapterName, alias: AliasName, session: SessionDep, access: AccessDep,
                  body: AliasChangeIn | None = None) -> AliasDeletedOut:
     body = body or AliasChangeIn()
-    return service.delete_alias(session, name=name, alias=alias, actor=body.actor,
-                                reason=body.reason)
+    return service.delete_alias(session, name=name, alias=alias,
+                                actor=acting_as(access.principal, body.actor), reason=body.reason)
 
 
-@router.get("/{name:path}/history", response_model=list[HistoryEntryOut], responses=_READ)
+@router.get("/{name:path}/history", response_model=list[HistoryEntryOut], responses=_READ,
+            dependencies=_READ_SCOPE)
 def history(
     name: AdapterName,
     session: SessionDep,
@@ -146,45 +160,56 @@ def history(
     return service.history(session, name=name, alias=alias, limit=limit)
 
 
-@router.post("/{name:path}/versions/{version}/archive", response_model=VersionOut, responses=_MOVE)
-def archive(name: AdapterName, version: VersionNumber, session: SessionDep,
+@router.post("/{name:path}/versions/{version}/archive", response_model=VersionOut, responses=_MOVE,
+             dependencies=_PROMOTE_SCOPE)
+def archive(name: AdapterName, version: VersionNumber, session: SessionDep, access: AccessDep,
             body: AliasChangeIn | None = None) -> VersionOut:
     """Set the version ``archived``; 409 ``version_aliased`` while an alias points at it."""
     body = body or AliasChangeIn()
-    service.archive(session, name=name, version=version, actor=body.actor, reason=body.reason)
+    service.archive(session, name=name, version=version,
+                    actor=acting_as(access.principal, body.actor), reason=body.reason)
     return to_out(get_version(session, name=name, version=version))
 
 
-@router.get("/{name:path}/policies", response_model=list[PolicyOut], responses=_READ)
+@router.get("/{name:path}/policies", response_model=list[PolicyOut], responses=_READ,
+            dependencies=_READ_SCOPE)
 def adapter_policies(name: AdapterName, session: SessionDep) -> list[PolicyOut]:
     """The policies that apply to the adapter's aliases: its own and the defaults."""
     return policies.list_policies(session, name=name)
 
 
-@router.put("/{name:path}/policies/{alias}", response_model=PolicyOut, responses=_MOVE)
+@router.put("/{name:path}/policies/{alias}", response_model=PolicyOut, responses=_MOVE,
+            dependencies=_ADMIN_SCOPE)
 def set_adapter_policy(name: AdapterName, alias: AliasName, body: PolicyIn,
-                       session: SessionDep) -> PolicyOut:
+                       session: SessionDep, access: AccessDep) -> PolicyOut:
+    body.actor = acting_as(access.principal, body.actor)
     return policies.set_policy(session, name=name, alias=alias, body=body)
 
 
-@router.delete("/{name:path}/policies/{alias}", status_code=204, responses=_READ)
+@router.delete("/{name:path}/policies/{alias}", status_code=204, responses=_READ,
+               dependencies=_ADMIN_SCOPE)
 def delete_adapter_policy(name: AdapterName, alias: AliasName, session: SessionDep) -> Response:
     policies.delete_policy(session, name=name, alias=alias)
     return Response(status_code=204)
 
 
-@policies_router.get("", response_model=list[PolicyOut], responses=error_responses(503))
+@policies_router.get("", response_model=list[PolicyOut], responses=error_responses(503),
+                     dependencies=_READ_SCOPE)
 def default_policies(session: SessionDep) -> list[PolicyOut]:
     """The registry-wide default policies, by alias."""
     return policies.list_policies(session, name=None)
 
 
-@policies_router.put("/{alias}", response_model=PolicyOut, responses=_MOVE)
-def set_default_policy(alias: AliasName, body: PolicyIn, session: SessionDep) -> PolicyOut:
+@policies_router.put("/{alias}", response_model=PolicyOut, responses=_MOVE,
+                     dependencies=_ADMIN_SCOPE)
+def set_default_policy(alias: AliasName, body: PolicyIn, session: SessionDep,
+                       access: AccessDep) -> PolicyOut:
+    body.actor = acting_as(access.principal, body.actor)
     return policies.set_policy(session, name=None, alias=alias, body=body)
 
 
-@policies_router.delete("/{alias}", status_code=204, responses=_READ)
+@policies_router.delete("/{alias}", status_code=204, responses=_READ,
+                        dependencies=_ADMIN_SCOPE)
 def delete_default_policy(alias: AliasName, session: SessionDep) -> Response:
     policies.delete_policy(session, name=None, alias=alias)
     return Response(status_code=204)

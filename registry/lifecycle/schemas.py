@@ -16,8 +16,8 @@ VersionSpec = VersionNumber | Annotated[StrictStr, Field(min_length=1, max_lengt
 
 def _actor() -> Any:
     return Field(default=None, max_length=200,
-                 description="who makes the change (the CLI's user or CI actor until tokens "
-                             "exist)")
+                 description="who makes the change when the request carries no token (the "
+                             "CLI's user or CI actor); a token's name always wins over it")
 
 
 def _reason() -> Any:

@@ -5,13 +5,15 @@ Importable without SQLAlchemy or torch: the worker (client side) builds and read
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from registry.adapters.schemas import FileOut
 from registry.base_models.schemas import BaseModelOut
+from registry.evals.metrics import SUITE_RE
 from registry.evals.schemas import SuiteFileOut
+from registry.refs import NAME_PATTERN
 
 SMOKE = "smoke"
 VERDICTS = ("validated", "failed")
@@ -24,10 +26,13 @@ class ValidateIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     base: str | None = Field(default=None, max_length=200,
-                             description="default: the version's linked base model")
-    base_revision: str | None = Field(default=None, max_length=200)
-    suites: list[str] = Field(default_factory=list, max_length=50,
-                              description="suites to run besides smoke and the attached ones")
+                             description="default: the version's linked base model",
+                             json_schema_extra={"pattern": NAME_PATTERN})
+    base_revision: str | None = Field(default=None, max_length=200,
+                                      json_schema_extra={"pattern": r"^[\x21-\x7e]+$"})
+    suites: list[Annotated[str, Field(json_schema_extra={"pattern": SUITE_RE.pattern})]] = Field(
+        default_factory=list, max_length=50,
+        description="suites to run besides smoke and the attached ones")
     priority: int = Field(default=0, ge=-1000, le=1000)
     created_by: str | None = Field(default=None, max_length=200)
 

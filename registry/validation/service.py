@@ -20,7 +20,7 @@ from registry.base_models import queries as base_queries
 from registry.base_models.service import to_out as base_out
 from registry.compat import service as compat
 from registry.config import Settings
-from registry.db.enums import JobKind, ScoreSource, VersionStatus
+from registry.db.enums import JobKind, JobStatus, ScoreSource, VersionStatus
 from registry.db.models import AdapterVersion, BaseModelRow, Job
 from registry.errors import IncompatibleBase, InvalidInput
 from registry.evals import queries as eval_queries
@@ -30,7 +30,7 @@ from registry.events import service as events
 from registry.events import types as event_types
 from registry.jobs import service as jobs
 from registry.jobs.handlers import Handlers, Outcome
-from registry.jobs.queries import running_validations
+from registry.jobs.queries import pending_validation, running_validations
 from registry.validation.schemas import (
     KnownScore,
     SkippedSuite,
@@ -50,7 +50,9 @@ def _fit_reason(version: AdapterVersion, base: BaseModelRow, kind: Any) -> str |
 def request_validation(session: Session, *, name: str, version: int, body: ValidateIn,
                        settings: Settings) -> Job:
     """Enqueue a validation of ``name:version`` after checking everything a worker would
-    refuse, so a bad request queues nothing.
+    refuse, so a bad request queues nothing. When the same validation (version, base, suites)
+    is already queued or running, that job is the answer: a push's automatic validation and a
+    CI job's ``validate --wait`` run once.
 
     Raises:
         AdapterNotFound, VersionNotFound, BaseModelNotFound, SuiteNotFound,
@@ -86,8 +88,14 @@ def request_validation(session: Session, *, name: str, version: int, body: Valid
             raise InvalidInput(f"suite {suite_name} cannot run on {v.adapter.name}:{v.version}: "
                                f"{reason}")
         names.append(suite_name)
+    payload = {"suites": names}
+    pending = pending_validation(session, version_id=v.id, base_id=base.id, suites=names)
+    if pending is not None:
+        if pending.status == JobStatus.queued and body.priority > pending.priority:
+            pending.priority = body.priority
+        return pending
     return jobs.enqueue(session, kind=JobKind.validate, version_id=v.id, base_id=base.id,
-                        payload={"suites": names}, priority=body.priority,
+                        payload=payload, priority=body.priority,
                         max_attempts=settings.job_max_attempts, created_by=body.created_by)
 
 

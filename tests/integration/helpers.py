@@ -22,10 +22,11 @@ def digest_of(data: bytes) -> str:
 
 
 def read_dir(directory: Path) -> dict[str, bytes]:
+    """Every file under ``directory`` but a pull's manifest (not one of the version's files)."""
     return {
         p.relative_to(directory).as_posix(): p.read_bytes()
         for p in sorted(directory.rglob("*"))
-        if p.is_file()
+        if p.is_file() and p.relative_to(directory).as_posix() != ".adapter-registry.json"
     }
 
 

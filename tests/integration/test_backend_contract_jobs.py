@@ -98,6 +98,23 @@ def test_validation_round_trip(with_suite: RegistryBackend):
     assert b.cancel_job(failed.id).status == "cancelled"
 
 
+def test_asking_again_for_a_pending_validation_gets_the_same_job(with_suite: RegistryBackend):
+    b = with_suite
+    auto = {j.version: j for j in b.list_jobs()}[2]  # the push's own validation, no suites
+    assert b.validate("bot", 2, ValidateIn()).id == auto.id
+    first = b.validate("bot", 2, ValidateIn(suites=["ppl"]))
+    assert first.id != auto.id  # other suites: another job
+    again = b.validate("bot", 2, ValidateIn(suites=["ppl"], priority=7))
+    assert (again.id, again.priority) == (first.id, 7)  # the same job, moved up the queue
+    assert b.validate("bot", 2, ValidateIn(suites=["ppl"], priority=1)).priority == 7
+    assert len([j for j in b.list_jobs() if j.version == 2]) == 2
+    claimed = b.claim_job("w1")
+    assert claimed is not None and claimed.job.id == first.id
+    assert b.validate("bot", 2, ValidateIn(suites=["ppl"])).id == first.id  # running: still it
+    b.fail_job(first.id, worker="w1", attempt=claimed.attempt, error="no")
+    assert b.validate("bot", 2, ValidateIn(suites=["ppl"])).id != first.id  # finished: a new one
+
+
 JOB_ERRORS = [
     ("no job", lambda b: b.get_job(999), errors.JobNotFound),
     ("cancel no job", lambda b: b.cancel_job(999), errors.JobNotFound),

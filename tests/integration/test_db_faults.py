@@ -18,7 +18,7 @@ from sqlalchemy.exc import OperationalError
 
 from registry.config import Settings
 from registry.context import RegistryContext
-from registry.db.engine import make_engine, upgrade
+from registry.db.engine import PING_AFTER_IDLE_SECONDS, make_engine, upgrade
 from registry.db.faults import translate
 from registry.db.timeouts import DbTimeouts
 from registry.errors import DatabaseUnavailable
@@ -227,3 +227,42 @@ def test_a_dropped_schema_is_503_schema_out_of_date(backend, tmp_path, request):
             assert r.status_code == 200 and r.json() == []
     finally:
         context.close()
+
+
+def test_an_idle_connection_the_server_dropped_is_replaced_at_checkout(pg_migrated):
+    """The pre-ping runs on connections idle for PING_AFTER_IDLE_SECONDS: a backend the server
+    terminated while its connection sat in the pool is replaced, not handed out. A connection
+    checked in a moment ago is not pinged (that round trip is what the window saves), so its
+    request fails once and the pool discards it."""
+    engine = make_engine(pg_migrated, pool_size=1, max_overflow=0)
+    admin = create_engine(pg_url("postgres"), isolation_level="AUTOCOMMIT")
+
+    def backend_pid() -> int:
+        with engine.connect() as conn:
+            return int(conn.execute(text("SELECT pg_backend_pid()")).scalar_one())
+
+    def kill(pid: int) -> None:
+        with admin.connect() as conn:
+            assert conn.execute(text("SELECT pg_terminate_backend(:p)"), {"p": pid}).scalar()
+        assert _wait_until(lambda: not _backend_alive(admin, pid), 5)
+
+    try:
+        first = backend_pid()
+        kill(first)
+        time.sleep(PING_AFTER_IDLE_SECONDS + 0.2)
+        second = backend_pid()  # pinged, found dead, replaced: no error
+        assert second != first
+
+        kill(second)  # and used again at once: inside the window, so not pinged
+        with pytest.raises(OperationalError):
+            backend_pid()
+        assert backend_pid() not in (first, second)  # the broken one was discarded
+    finally:
+        engine.dispose()
+        admin.dispose()
+
+
+def _backend_alive(admin, pid: int) -> bool:  # type: ignore[no-untyped-def]
+    with admin.connect() as conn:
+        return bool(conn.execute(text("SELECT count(*) FROM pg_stat_activity WHERE pid = :p"),
+                                 {"p": pid}).scalar())

@@ -269,9 +269,10 @@ def test_four_workers_run_each_of_20_jobs_once(request, settings, tmp_path, adap
     assert {job_id for job_id, _, _ in rows} == {j.id for j in jobs}
 
 
-def test_sigterm_releases_the_running_job(settings, tmp_path, adapters_dir, models, request):
-    if settings.database_url is not None:
-        pytest.skip("signal handling does not depend on the deployment")
+def _sigterm_mid_job(settings, tmp_path, adapters_dir, models, request, *, drain: str
+                     ) -> tuple[RegistryBackend, int, dict, str]:
+    """A worker (REGISTRY_WORKER_DRAIN_SECONDS=drain) running a long job gets SIGTERM while a
+    second job waits; returns the backend, the first job's id, the worker's JSON and stderr."""
     backend, _, _ = _backend(request, settings)
     register_base_dir(backend, name="tiny-llama", directory=models["llama"], settings=settings)
     _slow_suite(backend, settings, tmp_path)
@@ -279,18 +280,44 @@ def test_sigterm_releases_the_running_job(settings, tmp_path, adapters_dir, mode
          base_model="tiny-llama")
     backend.attach_suite("long", AttachSuiteIn(adapter="bot"))
     [job] = backend.list_jobs()
-    proc = wh.start_worker(settings.home, "--device", "cpu")
+    proc = wh.start_worker(settings.home, "--device", "cpu",
+                           env={"REGISTRY_WORKER_DRAIN_SECONDS": drain})
     try:
         wh.wait_for(lambda: _running(backend, job.id), timeout=300, what="the job to start")
+        push(backend, name="bot", directory=adapters_dir["lora_v2"], settings=settings,
+             base_model="tiny-llama")  # queued behind it: never claimed once stopping
         proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=120)
+        out, err = proc.communicate(timeout=300)
     finally:
         proc.kill()
     assert proc.returncode == 0, err[-2000:]
-    [line] = json.loads(out)["jobs"]
-    released = backend.get_job(job.id)
+    return backend, job.id, json.loads(out), err
+
+
+def test_sigterm_after_the_drain_time_releases_the_running_job(settings, tmp_path,
+                                                               adapters_dir, models, request):
+    if settings.database_url is not None:
+        pytest.skip("signal handling does not depend on the deployment")
+    backend, job_id, out, _ = _sigterm_mid_job(settings, tmp_path, adapters_dir, models,
+                                               request, drain="0")
+    [line] = out["jobs"]
+    released = backend.get_job(job_id)
     if line["status"] == "released":
         assert (released.status, released.attempts) == ("queued", 0)
         assert backend.get_version("bot", 1).status == "registered"
     else:  # it was already reporting: finished instead
         assert released.status == "succeeded", line
+    assert backend.get_version("bot", 2).status == "registered"
+
+
+def test_sigterm_lets_the_running_job_finish_then_exits(settings, tmp_path, adapters_dir,
+                                                        models, request):
+    if settings.database_url is not None:
+        pytest.skip("signal handling does not depend on the deployment")
+    backend, job_id, out, err = _sigterm_mid_job(settings, tmp_path, adapters_dir, models,
+                                                 request, drain="600")
+    assert "SIGTERM: finishing the current job" in err
+    [line] = out["jobs"]  # the job it held, and nothing claimed after the signal
+    assert (line["id"], line["status"], line["verdict"]) == (job_id, "succeeded", "validated")
+    assert backend.get_version("bot", 1).status == "validated"
+    assert [j.status for j in backend.list_jobs()] == ["queued", "succeeded"]

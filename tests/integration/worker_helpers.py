@@ -58,10 +58,11 @@ def run_worker(home: Path, *args: str, url: str | None = None,
 
 
 def start_worker(home: Path, *args: str, url: str | None = None,
-                 lease_seconds: int | None = None) -> subprocess.Popen[str]:
+                 lease_seconds: int | None = None,
+                 env: dict[str, str] | None = None) -> subprocess.Popen[str]:
     return subprocess.Popen(worker_cmd(*args, url=url), cwd=REPO,
-                            env=worker_env(home, url=url is not None,
-                                           lease_seconds=lease_seconds),
+                            env={**worker_env(home, url=url is not None,
+                                              lease_seconds=lease_seconds), **(env or {})},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 

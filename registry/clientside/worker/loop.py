@@ -2,10 +2,12 @@
 
 Modelled on procrastinate's worker: a claim returns one job or nothing; a thread renews the
 lease every third of it while the job runs; the job checks between its steps whether it must
-stop. On the first SIGTERM (or Ctrl-C) the worker claims nothing more; a job still fetching,
-loading or evaluating is released at its next step (queued again, the attempt not counted),
-one already reporting finishes; then the worker exits 0. A second signal ends it at once
-(the lease expires and another worker takes the job).
+stop. On the first signal the worker claims nothing more, then exits 0 once its job is over:
+SIGTERM (what Kubernetes and ``docker stop`` send) lets the running job finish, for up to
+``REGISTRY_WORKER_DRAIN_SECONDS``, after which it is released at its next step (queued again,
+the attempt not counted); Ctrl-C (SIGINT) releases it at its next step at once. A job already
+reporting always finishes. A second signal ends the worker at once (the lease expires and
+another worker takes the job). Give a pod a termination grace period above the drain time.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from registry.backend import RegistryBackend
 from registry.config import Settings
 from registry.errors import InvalidInput, LeaseLost, RegistryError
 from registry.jobs.schemas import ClaimedJobOut
+from registry.observability.metrics import WorkerMetrics
 from registry.validation.schemas import ValidationSpec
 
 IDLE_POLL_SECONDS = (0.5, 5.0)  # first and longest wait between empty claims
@@ -48,8 +51,9 @@ class Heartbeat:
     """Renews one job's lease every ``interval`` seconds on a thread; remembers a lost lease."""
 
     def __init__(self, backend: RegistryBackend, claimed: ClaimedJobOut,
-                 stopping: threading.Event, log: Callable[[str], None]) -> None:
-        self.backend, self.claimed, self.stopping, self.log = backend, claimed, stopping, log
+                 release_due: Callable[[], bool], log: Callable[[str], None]) -> None:
+        self.backend, self.claimed, self.release_due, self.log = (backend, claimed, release_due,
+                                                                  log)
         self.interval = max(claimed.lease_seconds / 3, 0.2)
         self.lost: str | None = None
         self._done = threading.Event()
@@ -80,7 +84,7 @@ class Heartbeat:
         """Raise Abort when the job must stop: the lease was lost, or the worker is stopping."""
         if self.lost is not None:
             raise Abort(self.lost, release=False)
-        if self.stopping.is_set():
+        if self.release_due():
             raise Abort("the worker is stopping", release=True)
 
 
@@ -93,6 +97,16 @@ class JobLine:
     attempt: int = 1
     detail: str | None = None
     seconds: float = 0.0
+
+    @property
+    def outcome(self) -> str:
+        """validated | failed (a verdict), else how the job ended: failed, released, lost,
+        unreported."""
+        return self.verdict or self.status
+
+    def summary(self) -> str:
+        return (f"job {self.id}: {self.ref} {self.outcome}"
+                + (f": {self.detail}" if self.detail else "") + f" ({self.seconds:.1f} s)")
 
     def to_json(self) -> dict[str, Any]:
         return {"id": self.id, "ref": self.ref, "status": self.status, "verdict": self.verdict,
@@ -112,15 +126,33 @@ class Worker:
     cache_dir: Path | None = None
     once: bool = False
     log: Callable[[str], None] = print
+    # The line written when a job ends (default: ``log`` of a text line); the CLI's JSON logs
+    # pass one that writes the job's fields.
+    log_job: Callable[[JobLine, str], None] | None = None
+    metrics: WorkerMetrics | None = None
     id: str = field(default_factory=worker_id)
+    # Setting ``stopping`` directly (an embedder) releases the running job at its next step;
+    # a signal first sets ``release_at`` (see _on_signal).
     stopping: threading.Event = field(default_factory=threading.Event)
+    release_at: float | None = None  # time.monotonic() after which a running job is released
     jobs: list[JobLine] = field(default_factory=list)
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
-        self.log(f"worker {self.id}: {signal.Signals(signum).name}: finishing or releasing the "
-                 "current job, then exiting (send it again to exit at once)")
+        drain = self.settings.worker_drain_seconds if signum == signal.SIGTERM else 0.0
+        self.release_at = time.monotonic() + drain
+        what = (f"finishing the current job (released if still running after {drain:g} s)"
+                if drain > 0 else "releasing the current job at its next step")
+        self.log(f"worker {self.id}: {signal.Signals(signum).name}: {what}, then exiting "
+                 "(send it again to exit at once)")
         self.stopping.set()
         signal.signal(signum, signal.SIG_DFL)  # a second signal ends the process at once
+
+    def release_due(self) -> bool:
+        """Whether the running job must be released now: the worker is stopping and its drain
+        time (if any) is over."""
+        if not self.stopping.is_set():
+            return False
+        return self.release_at is None or time.monotonic() >= self.release_at
 
     def run(self) -> int:
         """Run until stopped; returns the exit status (0)."""
@@ -174,7 +206,7 @@ class Worker:
         start = time.perf_counter()
         self.log(f"job {job.id}: validating {job.ref} on {job.base} (attempt {claimed.attempt})")
         try:
-            with Heartbeat(self.backend, claimed, self.stopping, self.log) as beat:
+            with Heartbeat(self.backend, claimed, self.release_due, self.log) as beat:
                 spec = ValidationSpec.model_validate(claimed.spec)
                 report = run(ctx, spec, attempt=claimed.attempt, check=beat.check)
                 if beat.lost is not None:
@@ -202,9 +234,12 @@ class Worker:
             self._fail(claimed, line, f"worker error: {type(exc).__name__}: "
                                       f"{str(exc).splitlines()[0][:500] if str(exc) else ''}")
         line.seconds = time.perf_counter() - start
-        outcome = line.verdict or line.status
-        self.log(f"job {job.id}: {job.ref} {outcome}"
-                 + (f": {line.detail}" if line.detail else "") + f" ({line.seconds:.1f} s)")
+        if self.metrics is not None:
+            self.metrics.observe_job(kind=job.kind, outcome=line.outcome, seconds=line.seconds)
+        if self.log_job is not None:
+            self.log_job(line, job.kind)
+        else:
+            self.log(line.summary())
         return line
 
     def _fail(self, claimed: ClaimedJobOut, line: JobLine, error: str) -> None:
