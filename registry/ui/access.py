@@ -2,9 +2,9 @@
 what a visitor may do, and the CSRF token every form carries.
 
 The token entered at ``/ui/login`` lives in an HttpOnly, SameSite=Strict session cookie; each
-request sends it on as the API's own ``Authorization: Bearer`` header, so the route's
-``require(scope)`` decides exactly as it does for the API. When auth is off (the default, as
-in the API) everyone may act.
+request's principal is the one that token names (``request.state.principal``, which the
+route's ``require(scope)`` then decides on exactly as for an API bearer token). When auth is
+off (the default, as in the API) everyone may act, and a valid token still names the actor.
 """
 
 from __future__ import annotations
@@ -16,9 +16,10 @@ from dataclasses import dataclass
 from fastapi import Request
 from sqlalchemy.orm import Session
 
+from registry.auth import service as auth_service
 from registry.auth.scopes import Principal, Scope
 from registry.config import Settings
-from registry.errors import RegistryError
+from registry.errors import Unauthenticated
 
 TOKEN_COOKIE = "registry_ui_token"
 CSRF_COOKIE = "registry_ui_csrf"
@@ -27,25 +28,19 @@ MAX_TOKEN = 500
 
 
 def auth_required(settings: Settings) -> bool:
-    """REGISTRY_AUTH=required (issue 13); absent or ``off``: everyone may act."""
-    return str(getattr(settings, "auth", "off")).lower() == "required"
+    """REGISTRY_AUTH=required; ``off``: everyone may act."""
+    return settings.auth_required
 
 
 def authenticate(session: Session, secret: str) -> Principal | None:
     """The principal a token secret names, or None when it names none (unknown, expired,
     revoked or malformed)."""
-    if not secret or len(secret) > MAX_TOKEN or not secret.isascii() or not secret.isprintable():
+    if not secret or len(secret) > MAX_TOKEN:
         return None
-    # Function-local: registry.auth.service arrives with issue 13, and only auth-on needs it.
-    from registry.auth import service as auth_service  # type: ignore[attr-defined]
-
     try:
-        principal: Principal = auth_service.authenticate(session, secret)
-    except RegistryError as exc:
-        if exc.status_code in (401, 403):
-            return None
-        raise
-    return principal
+        return auth_service.authenticate(session, secret)
+    except Unauthenticated:
+        return None
 
 
 @dataclass(frozen=True)
@@ -84,14 +79,3 @@ def csrf_ok(request: Request, submitted: str | None) -> bool:
     if not cookie or not submitted:
         return False
     return hmac.compare_digest(cookie.encode(), submitted.encode())
-
-
-def send_as_bearer(request: Request, secret: str) -> None:
-    """Make the cookie's token the request's ``Authorization`` header (unless it has one), so
-    the API's scope dependency sees the same credentials a CLI would send."""
-    headers = [(k, v) for k, v in request.scope["headers"] if k != b"authorization"]
-    if len(headers) != len(request.scope["headers"]):
-        return
-    request.scope["headers"] = [*headers, (b"authorization", f"Bearer {secret}".encode())]
-    if hasattr(request, "_headers"):
-        del request._headers  # Starlette caches the parsed headers on first access

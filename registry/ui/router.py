@@ -29,6 +29,7 @@ from registry.errors import (
     Forbidden,
     GateFailed,
     InvalidInput,
+    PermissionDenied,
     RegistryError,
     TooLarge,
 )
@@ -107,24 +108,23 @@ def _login_url(request: Request) -> str:
 
 
 def ui_visitor(request: Request) -> Visitor:
-    """Every UI request: the CSRF token, and with auth on the cookie's principal (a page asked
-    for without one redirects to the login form)."""
+    """Every UI request: the CSRF token and the principal the token cookie names (with auth
+    on, a page asked for without one redirects to the login form)."""
     ctx = get_context(request)
     csrf, new = access.csrf_token(request)
     request.state.ui_new_csrf = csrf if new else None
     auth_on = access.auth_required(ctx.settings)
     principal = None
-    if auth_on:
-        secret = request.cookies.get(access.TOKEN_COOKIE)
-        if secret:
-            with session_scope(ctx.sessions) as session:
-                principal = access.authenticate(session, secret)
-            if principal is not None:
-                access.send_as_bearer(request, secret)
-        open_path = request.url.path in ("/ui/login", "/ui/logout") or \
-            request.url.path.startswith("/ui/static/")
-        if principal is None and not open_path:
-            raise StarletteHTTPException(303, "log in first", {"Location": _login_url(request)})
+    secret = request.cookies.get(access.TOKEN_COOKIE)
+    if secret:
+        with session_scope(ctx.sessions) as session:
+            principal = access.authenticate(session, secret)
+    # The route's require(scope) takes it as the request's principal, as for a bearer token.
+    request.state.principal = principal
+    open_path = request.url.path in ("/ui/login", "/ui/logout") or \
+        request.url.path.startswith("/ui/static/")
+    if auth_on and principal is None and not open_path:
+        raise StarletteHTTPException(303, "log in first", {"Location": _login_url(request)})
     visitor = Visitor(principal=principal, auth_on=auth_on, csrf=csrf)
     request.state.ui_visitor = visitor
     return visitor
@@ -201,8 +201,8 @@ def _check_action(request: Request, visitor: Visitor, form: dict[str, str],
         raise Forbidden("the form's CSRF token does not match this browser's: reload the page "
                         "and try again")
     if not visitor.may(Scope.PROMOTE, adapter):
-        raise Forbidden("this needs a token with the promote scope for this adapter: log in "
-                        "at /ui/login")
+        raise PermissionDenied("this needs a token with the promote scope for this adapter: "
+                               "log in at /ui/login")
 
 
 # --- static files --------------------------------------------------------------------------
@@ -356,7 +356,7 @@ def promote_preview(request: Request, session: SessionDep, visitor: VisitorDep,
     """The gates as they evaluate now, and a confirm button (the move happens on POST)."""
     try:
         if not visitor.may(Scope.READ, name):
-            raise Forbidden(f"this token's namespaces do not include {name!r}")
+            raise PermissionDenied(f"this token's namespaces do not include {name!r}")
         plan = lifecycle.check_promotion(session, name=name, alias=alias.strip(),
                                          version=version.strip(), reason=_blank(reason))
     except RegistryError as exc:
@@ -444,8 +444,6 @@ def login(request: Request, visitor: VisitorDep, form: FormDep) -> Response:
     if not access.csrf_ok(request, form.get(access.CSRF_FIELD)):
         return error_page(request, Forbidden("the form's CSRF token does not match this "
                                              "browser's: reload the page and try again"))
-    if not visitor.auth_on:
-        return redirect(request, target)
     secret = form.get("token", "").strip()
     with session_scope(get_context(request).sessions) as session:
         principal = access.authenticate(session, secret)
