@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test test-unit stress lint bench server postgres clean settings-table
+.PHONY: venv demo test test-unit stress lint bench server postgres browser clean settings-table
 
 # Rounds of the gc-vs-push stress test in `make test` (the full proof: `make stress`, 20).
 REGISTRY_STRESS_ROUNDS ?= 4
@@ -28,7 +28,11 @@ demo: venv
 postgres:
 	@bash infra/ensure-postgres.sh
 
-test: venv postgres
+# Debian's chromium for the web UI's browser tests (apt-get when missing; they skip without it).
+browser:
+	@bash infra/ensure-chromium.sh
+
+test: venv postgres browser
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 stress: venv postgres

@@ -44,6 +44,7 @@ from registry.lifecycle.router import policies_router
 from registry.lifecycle.router import router as lifecycle_router
 from registry.observability.logs import REQUEST_ID_HEADER, request_id
 from registry.observability.metrics import CONTENT_TYPE_LATEST, ApiMetrics, JobStats
+from registry.ui.router import router as ui_router
 from registry.validation.router import router as validation_router
 from registry.validation.service import handlers as job_handlers
 
@@ -337,6 +338,7 @@ def create_app(
     app.include_router(admin_router)
     app.include_router(auth_router)
     app.include_router(audit_router)
+    app.include_router(ui_router)  # the web UI under /ui (HTML; not in the OpenAPI schema)
 
     @app.get("/metrics", tags=["health"], include_in_schema=False,
              dependencies=[require(None)])

@@ -189,10 +189,8 @@ def promote(session: Session, *, name: str, alias: str, version: VersionSpec,
     if holder is not None and holder.id == target.id:
         return PromoteOut(name=adapter.name, alias=alias, version=target.version,
                           previous=target.version, gates=[], action="none")
-    gates = gate_rules.evaluate(session, version=target, holder=holder,
-                                policy=effective_policy(session, adapter_id=adapter.id,
-                                                        alias=alias),
-                                reason=reason)
+    gates = _gates(session, adapter=adapter, alias=alias, target=target, holder=holder,
+                   reason=reason)
     failed = [g for g in gates if not g.passed]
     if failed and not force:
         raise GateFailed(gate_rules.failure_message(gates))
@@ -203,6 +201,40 @@ def promote(session: Session, *, name: str, alias: str, version: VersionSpec,
     return PromoteOut(name=adapter.name, alias=alias, version=target.version,
                       previous=holder.version if holder is not None else None, gates=gates,
                       action="force" if force else "promote")
+
+
+def _gates(session: Session, *, adapter: Adapter, alias: str, target: AdapterVersion,
+           holder: AdapterVersion | None, reason: str | None) -> list[GateOut]:
+    return gate_rules.evaluate(session, version=target, holder=holder,
+                               policy=effective_policy(session, adapter_id=adapter.id,
+                                                       alias=alias),
+                               reason=reason)
+
+
+def check_promotion(session: Session, *, name: str, alias: str, version: VersionSpec,
+                    reason: str | None = None) -> PromoteOut:
+    """What ``promote`` would do now, changing nothing: every gate as it evaluates at this
+    moment (the web UI shows them before the user confirms). ``action`` is ``none`` when the
+    alias already points there, else ``promote`` (whatever the gates say: read ``gates``).
+
+    Raises:
+        InvalidAlias, AdapterNotFound, VersionNotFound, AliasNotFound, InvalidReference,
+        VersionArchived.
+    """
+    validate_alias(alias)
+    adapter = get_adapter(session, name)
+    target = version_in(session, adapter, version)
+    _check_movable(adapter, target)
+    row = get_alias(session, adapter_id=adapter.id, alias=alias)
+    holder = row.version if row is not None else None
+    previous = holder.version if holder is not None else None
+    if holder is not None and holder.id == target.id:
+        return PromoteOut(name=adapter.name, alias=alias, version=target.version,
+                          previous=previous, gates=[], action="none")
+    gates = _gates(session, adapter=adapter, alias=alias, target=target, holder=holder,
+                   reason=reason)
+    return PromoteOut(name=adapter.name, alias=alias, version=target.version,
+                      previous=previous, gates=gates, action="promote")
 
 
 def _made_holder(session: Session, *, adapter_id: int, alias: str, version_id: int,

@@ -27,6 +27,10 @@ from tests.integration.helpers import digest_of, safetensors_bytes, serve
 ALL_SCOPES = [s.value for s in Scope]
 OPEN_ROUTES = {("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/metrics"),
                ("GET", "/api/v1/auth/whoami")}
+# The web UI's login form, logout and stylesheet/script (its pages redirect to the login form
+# instead of answering 401: tests/integration/test_ui_access.py).
+UI_OPEN_ROUTES = {("GET", "/ui/login"), ("POST", "/ui/login"), ("POST", "/ui/logout"),
+                  ("GET", "/ui/static/{filename}")}
 # The decisions the issue spells out, for a sample of each route class: a change to one of
 # these is a change to the contract, not a refactoring.
 EXPECTED = {
@@ -74,12 +78,12 @@ TABLE = route_table()
 def test_every_route_carries_exactly_one_scope_decision():
     assert len(TABLE) > 50
     decided = {(m, p): s for m, p, s, _ in TABLE}
-    assert {k for k, s in decided.items() if s is None} == OPEN_ROUTES
+    assert {k for k, s in decided.items() if s is None} == OPEN_ROUTES | UI_OPEN_ROUTES
     for key, scope in EXPECTED.items():
         assert decided[key] == scope, key
     # Every GET of the API is read (whoami: any valid token), except the admin listings.
     for (method, path), scope in decided.items():
-        if method in ("GET", "HEAD") and (method, path) not in OPEN_ROUTES:
+        if method in ("GET", "HEAD") and (method, path) not in OPEN_ROUTES | UI_OPEN_ROUTES:
             assert scope in ("read", "admin"), (method, path, scope)
             if scope == "admin":
                 assert path in ("/api/v1/tokens", "/api/v1/audit", "/api/v1/webhooks",
@@ -128,6 +132,8 @@ def test_each_route_allows_its_scope_and_refuses_the_others(live_server):
     checked = 0
     with httpx.Client(base_url=live_server.url, timeout=30) as client:
         for method, path, scope, adapter_param in TABLE:
+            if path.startswith("/ui"):
+                continue  # the web UI: tests/integration/test_ui_access.py
             url = concrete(path, adapter_param)
             if scope is None:
                 if path != "/api/v1/auth/whoami":
@@ -148,7 +154,7 @@ def test_each_route_allows_its_scope_and_refuses_the_others(live_server):
                 r = client.request(method, url, headers=bearer(holder))
                 assert r.status_code not in (401, 403), (method, path, scope, r.text)
             checked += 1
-    assert checked == len([t for t in TABLE if t[2] is not None])
+    assert checked == len([t for t in TABLE if t[2] is not None and not t[1].startswith("/ui")])
 
 
 def test_bad_tokens_are_401(live_server):
