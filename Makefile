@@ -32,8 +32,12 @@ postgres:
 browser:
 	@bash infra/ensure-chromium.sh
 
+# Test files run in parallel on TEST_WORKERS processes (pytest-xdist; each has its own
+# PostgreSQL database and S3 server); TEST_WORKERS=0 runs them in this process.
+TEST_WORKERS ?= 2
+
 test: venv postgres browser
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 stress: venv postgres
 	REGISTRY_STRESS_ROUNDS=20 $(PY) -m pytest -m stress $(PYTEST_ARGS)

@@ -81,10 +81,13 @@ def test_validate_wait_jobs_suites_and_evals(home, tmp_path, adapters_dir):
     one_line_error(code, err, 5, "timed out")
     assert {k: out[k] for k in ("name", "version", "status")} == {
         "name": "support-bot", "version": 1, "status": "queued"}
+    # ... on the validation the push queued: asking again queues nothing new.
+    assert out["job"] == next(j["id"] for j in jobs if j["version"] == 1)
+    assert len(run("--json", "jobs", "list")[1]) == 2
 
     code, out, err = run("--json", "worker", "--once", "--device", "cpu")
     assert code == 0, err
-    assert sorted(j["status"] for j in out["jobs"]) == ["succeeded"] * 3
+    assert sorted(j["status"] for j in out["jobs"]) == ["succeeded"] * 2
 
     code, job, _ = run("--json", "jobs", "show", str(jobs[0]["id"]))
     assert code == 0 and (job["status"], job["verdict"]) == ("succeeded", "validated")

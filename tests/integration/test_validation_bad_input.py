@@ -15,7 +15,7 @@ JUNK = [
     ("GET", "/api/v1/jobs?limit=0", None, 422),
     ("GET", "/api/v1/jobs?kind=train", None, 422),
     ("GET", "/api/v1/jobs/0", None, 422),
-    ("GET", "/api/v1/jobs/abc", None, 422),
+    ("GET", "/api/v1/jobs/abc", None, 404),  # not a job id: no such route
     ("GET", "/api/v1/jobs/99999999999999999999", None, 422),
     ("GET", "/api/v1/jobs/12345", None, 404),
     ("POST", "/api/v1/jobs/12345/cancel", None, 404),
