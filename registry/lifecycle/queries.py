@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import cache
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import Select, bindparam, func, select
 from sqlalchemy.orm import Session, aliased, joinedload
 
 from registry.adapters.queries import get_adapter, get_version, version_query
@@ -92,6 +93,15 @@ def alias_stamp(session: Session, *, name: str, alias: str) -> tuple[object, ...
     version object it built before for the same stamp (``cache.VersionObjects``): every request
     still asks the database, so no replica serves a stale one.
     """
+    row = session.execute(_stamp_statement(), {"name": name, "alias": alias}).one_or_none()
+    return tuple(row) if row is not None else None
+
+
+@cache
+def _stamp_statement() -> Select[Any]:
+    """Built once: constructing this statement (aliases, a dozen correlated subqueries)
+    costs several milliseconds of Python, more than running it; it takes the names as
+    bound parameters."""
     vid = AdapterVersion.id
     held = aliased(Alias)  # every alias on the version, not only the one resolved
 
@@ -124,7 +134,6 @@ def alias_stamp(session: Session, *, name: str, alias: str) -> tuple[object, ...
         .select_from(Alias)
         .join(Adapter, Adapter.id == Alias.adapter_id)
         .join(AdapterVersion, vid == Alias.version_id)
-        .where(Adapter.name == name, Alias.name == alias)
+        .where(Adapter.name == bindparam("name"), Alias.name == bindparam("alias"))
     )
-    row = session.execute(stmt).one_or_none()
-    return tuple(row) if row is not None else None
+    return stmt
