@@ -4,10 +4,7 @@ bootstrap on the database, then a server with REGISTRY_AUTH=required."""
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +12,7 @@ import httpx
 import pytest
 
 from tests.e2e.test_cli import assert_one_line_error, run
+from tests.integration.helpers import start_server, stop_server
 
 EXE = Path(sys.executable).with_name("adapter-registry")
 
@@ -79,32 +77,15 @@ def test_auth_off_is_refused_on_a_public_bind(home):
     assert_one_line_error(code, err, code=1, fragment="--insecure")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+
 
 
 def _serve(env: dict[str, str], *args: str) -> Iterator[str]:
-    port = _free_port()
-    server = subprocess.Popen([str(EXE), "server", "--port", str(port), "--log-level", "error",
-                               *args], env=env, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
+    server, url = start_server(env, *args)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{url}/readyz").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline and server.poll() is None, "server did not start"
-            time.sleep(0.1)
         yield url
     finally:
-        server.terminate()
-        server.wait(timeout=30)
+        stop_server(server)
 
 
 @pytest.fixture

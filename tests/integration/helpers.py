@@ -1,11 +1,15 @@
-"""Test helpers: raw HTTP pushes (bypassing the client's own checks) and crafted safetensors."""
+"""Test helpers: raw HTTP pushes (bypassing the client's own checks), crafted safetensors, and
+servers (in a thread, or as `adapter-registry server` processes)."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import socket
 import struct
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -14,6 +18,7 @@ from pathlib import Path
 
 import httpx
 
+from registry.config import Settings
 from registry.context import RegistryContext
 
 
@@ -111,3 +116,54 @@ def serve(context: RegistryContext) -> Iterator[str]:
         server.should_exit = True
         thread.join(timeout=10)
         sock.close()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def server_env(settings: Settings, **extra: str) -> dict[str, str]:
+    """The environment of a server process on ``settings``' database and store (no other
+    REGISTRY_* variable leaks in from the test run), plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_")}
+    env["REGISTRY_HOME"] = str(settings.home)
+    if settings.database_url:
+        env["REGISTRY_DATABASE_URL"] = settings.database_url
+    if settings.blob_url:
+        env["REGISTRY_BLOB_URL"] = settings.blob_url
+    env["REGISTRY_S3_PART_BYTES"] = str(5 << 20)
+    env.update(extra)
+    return env
+
+
+def start_server(env: dict[str, str], *args: str) -> tuple[subprocess.Popen[bytes], str]:
+    """`adapter-registry server` as a process, once it answers /readyz: (process, base URL)."""
+    port = free_port()
+    exe = Path(sys.executable).with_name("adapter-registry")
+    proc = subprocess.Popen([str(exe), "server", "--port", str(port), "--log-level", "error",
+                             *args], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline or proc.poll() is not None:
+            proc.kill()
+            raise RuntimeError("server did not start")
+        time.sleep(0.1)
+
+
+def stop_server(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=30)

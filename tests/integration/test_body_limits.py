@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -16,7 +15,13 @@ import httpx
 import pytest
 
 from registry.api.app import MAX_JSON_BODY
-from tests.integration.helpers import digest_of, put_blob, read_dir, version_count
+from tests.integration.helpers import (
+    digest_of,
+    free_port,
+    put_blob,
+    read_dir,
+    version_count,
+)
 
 MiB = 1024 * 1024
 
@@ -81,10 +86,7 @@ def test_chunked_blob_upload_is_not_held_to_the_json_limit(live_server):
     assert head.status_code == 200 and int(head.headers["content-length"]) == len(data)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+
 
 
 def test_a_200_mib_chunked_body_leaves_the_server_rss_flat(tmp_path: Path):
@@ -92,7 +94,7 @@ def test_a_200_mib_chunked_body_leaves_the_server_rss_flat(tmp_path: Path):
     resident memory, sampled all along, grows by at most a few times the limit."""
     import psutil
 
-    port = _free_port()
+    port = free_port()
     exe = Path(sys.executable).with_name("adapter-registry")
     server = subprocess.Popen(
         [str(exe), "server", "--host", "127.0.0.1", "--port", str(port), "--log-level", "error"],

@@ -8,9 +8,6 @@ import json
 import os
 import random
 import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -29,7 +26,7 @@ from registry.clientside.transfer import pull, push
 from registry.config import Settings
 from registry.db.engine import session_scope
 from registry.db.models import Blob, BlobState
-from tests.integration.helpers import digest_of, read_dir
+from tests.integration.helpers import digest_of, read_dir, server_env, start_server
 
 # 20 rounds as the issue asks; .ci/run sets fewer (REGISTRY_STRESS_ROUNDS) to stay short.
 ROUNDS = int(os.environ.get("REGISTRY_STRESS_ROUNDS", "20"))
@@ -227,43 +224,6 @@ def test_dry_run_reports_orphans(live_server, http: HttpRegistry):
 # --- crash leftovers: a server killed in the middle of an upload -------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _env(settings: Settings, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_")}
-    env["REGISTRY_HOME"] = str(settings.home)
-    if settings.database_url:
-        env["REGISTRY_DATABASE_URL"] = settings.database_url
-    if settings.blob_url:
-        env["REGISTRY_BLOB_URL"] = settings.blob_url
-    env["REGISTRY_S3_PART_BYTES"] = str(5 << 20)
-    env.update(extra)
-    return env
-
-
-def _start_server(env: dict[str, str]) -> tuple[subprocess.Popen[bytes], str]:
-    port = _free_port()
-    exe = Path(sys.executable).with_name("adapter-registry")
-    proc = subprocess.Popen([str(exe), "server", "--port", str(port), "--log-level", "error"],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline or proc.poll() is not None:
-            proc.kill()
-            raise RuntimeError("server did not start")
-        time.sleep(0.1)
-
-
 def _slow_body(total: int, sent: threading.Event, killed: threading.Event) -> Iterator[bytes]:
     chunk = os.urandom(1 << 20)
     for i in range(total >> 20):
@@ -289,7 +249,7 @@ def test_a_killed_server_leaves_nothing_behind_after_gc(settings: Settings, cont
     incomplete multipart upload (S3). Starting the server again removes local ones older
     than the grace period; gc removes both."""
     # The server subprocess uses the same database and blob store as `context`.
-    proc, url = _start_server(_env(settings))
+    proc, url = start_server(server_env(settings))
     sent, killed = threading.Event(), threading.Event()
     digest = "sha256:" + "ab" * 32
     outcome: list[str] = []
@@ -316,7 +276,7 @@ def test_a_killed_server_leaves_nothing_behind_after_gc(settings: Settings, cont
     assert _leftovers(settings, context) == 1
 
     # A restart within the grace period keeps it (it might be someone's live upload)...
-    proc, url = _start_server(_env(settings))
+    proc, url = start_server(server_env(settings))
     proc.terminate()
     proc.wait(timeout=30)
     assert _leftovers(settings, context) == 1
@@ -341,7 +301,7 @@ def test_server_start_removes_old_local_temp_files(tmp_path):
     os.utime(stale, (old, old))
     fresh = tmp_dir / f"{'ef' * 32}.{'1' * 32}.tmp"
     fresh.write_bytes(b"a recent one")
-    proc, _ = _start_server(_env(settings, REGISTRY_GC_GRACE_SECONDS="3600"))
+    proc, _ = start_server(server_env(settings, REGISTRY_GC_GRACE_SECONDS="3600"))
     proc.terminate()
     proc.wait(timeout=30)
     assert not stale.exists() and fresh.exists()

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from registry.clientside.transfer import pull, push, register_base_dir
 from registry.lifecycle.schemas import PromoteIn
 from tests.integration import worker_helpers as wh
+from tests.integration.helpers import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -37,10 +37,7 @@ def value(families: dict[str, list], sample: str, **labels: str) -> float:
     return found[0]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+
 
 
 @pytest.mark.slow

@@ -10,12 +10,8 @@ import hmac
 import json
 import os
 import signal
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import httpx
 import pytest
@@ -31,7 +27,15 @@ from registry.db.engine import session_scope
 from registry.db.models import Event, Webhook, WebhookDelivery
 from registry.events import webhooks
 from registry.events.webhook_schemas import CreateWebhookIn, DeliveryOut
-from tests.integration.helpers import push_raw, safetensors_bytes, serve
+from tests.integration.helpers import (
+    free_port,
+    push_raw,
+    safetensors_bytes,
+    serve,
+    server_env,
+    start_server,
+    stop_server,
+)
 from tests.integration.webhook_receiver import Receiver, receiver
 
 FAST = {
@@ -190,7 +194,7 @@ def test_retries_give_up_after_the_window(settings, rcv, failure):
             target = rcv.url
             rcv.script[:] = [500] * 100
         else:
-            target = f"http://127.0.0.1:{_free_port()}/closed"
+            target = f"http://127.0.0.1:{free_port()}/closed"
         hook = add_hook(ctx, target)
         with serve(ctx) as url:
             httpx.post(f"{url}/api/v1/webhooks/{hook}/test", timeout=30).raise_for_status()
@@ -400,60 +404,17 @@ def test_cli_bad_input_exits_1_with_one_line(live_server, over_http):
 # --- servers as processes: a kill, and two replicas -------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _env(settings: Settings, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_")}
-    env["REGISTRY_HOME"] = str(settings.home)
-    if settings.database_url:
-        env["REGISTRY_DATABASE_URL"] = settings.database_url
-    if settings.blob_url:
-        env["REGISTRY_BLOB_URL"] = settings.blob_url
-    env.update(FAST_ENV, REGISTRY_WEBHOOK_ALLOW_PRIVATE="1", REGISTRY_S3_PART_BYTES=str(5 << 20))
-    env.update(extra)
-    return env
-
-
-def _start_server(env: dict[str, str]) -> tuple[subprocess.Popen[bytes], str]:
-    port = _free_port()
-    exe = Path(sys.executable).with_name("adapter-registry")
-    proc = subprocess.Popen([str(exe), "server", "--port", str(port), "--log-level", "error"],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline or proc.poll() is not None:
-            proc.kill()
-            raise RuntimeError("server did not start")
-        time.sleep(0.1)
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=30)
+def _server_env(settings: Settings, **extra: str) -> dict[str, str]:
+    return server_env(settings, **{**FAST_ENV, "REGISTRY_WEBHOOK_ALLOW_PRIVATE": "1", **extra})
 
 
 def test_a_killed_server_delivers_after_restart(settings, context, rcv):
     """kill -9 while a delivery is being sent (claimed, leased) and another is queued: after a
     restart the queued one is sent at once and the claimed one once its lease expires."""
     hook = add_hook(context, rcv.url)
-    env = _env(settings)
+    env = _server_env(settings)
     rcv.release.clear()  # hold the first request open: the server is mid-send when killed
-    proc, url = _start_server(env)
+    proc, url = start_server(env)
     try:
         r = httpx.post(f"{url}/api/v1/webhooks/{hook}/test", timeout=30)
         assert r.status_code == 202, r.text
@@ -462,18 +423,18 @@ def test_a_killed_server_delivers_after_restart(settings, context, rcv):
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
     finally:
-        _stop(proc)
+        stop_server(proc)
     with session_scope(context.sessions) as session:
         second = webhooks.enqueue_test(session, webhook_id=hook, actor=None).id
     state = {d.id: (d.status, d.attempts) for d in deliveries(context, hook)}
     assert state == {first: ("delivering", 1), second: ("pending", 0)}
     rcv.release.set()
 
-    proc, url = _start_server(env)
+    proc, url = start_server(env)
     try:
         found = wait_deliveries(context, hook, all_settled, timeout=60)
     finally:
-        _stop(proc)
+        stop_server(proc)
     state = {d.id: (d.status, d.attempts) for d in found}
     assert state == {first: ("delivered", 2), second: ("delivered", 1)}
     ids = [g.headers["webhook-id"] for g in rcv.requests]
@@ -484,8 +445,8 @@ def test_a_killed_server_delivers_after_restart(settings, context, rcv):
 def test_two_servers_on_one_postgres_deliver_each_event_once(settings, context, rcv):
     hook = add_hook(context, rcv.url)
     rcv.delay = 0.02
-    env = _env(settings, REGISTRY_WEBHOOK_POLL_SECONDS="0.02")
-    servers = [_start_server(env) for _ in range(2)]
+    env = _server_env(settings, REGISTRY_WEBHOOK_POLL_SECONDS="0.02")
+    servers = [start_server(env) for _ in range(2)]
     try:
         with session_scope(context.sessions) as session:
             for _ in range(40):
@@ -494,7 +455,7 @@ def test_two_servers_on_one_postgres_deliver_each_event_once(settings, context, 
                                 lambda ds: len(ds) == 40 and all_settled(ds), timeout=90)
     finally:
         for proc, _ in servers:
-            _stop(proc)
+            stop_server(proc)
     assert {(d.status, d.attempts) for d in found} == {("delivered", 1)}
     ids = [g.headers["webhook-id"] for g in rcv.requests]
     assert len(ids) == 40 and len(set(ids)) == 40
