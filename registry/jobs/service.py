@@ -54,6 +54,17 @@ def _handler(handlers: Handlers, job: Job) -> JobHandler | None:
     return handlers.get(job.kind.value)
 
 
+def _abandoned(session: Session, job: Job, handlers: Handlers) -> Job:
+    """A job that ends (or goes back to the queue) without a report: no lease, and its kind's
+    ``on_abandoned`` hook (e.g. validation restores the version's status)."""
+    _clear_lease(job)
+    handler = _handler(handlers, job)
+    if handler is not None:
+        handler.on_abandoned(session, job)
+    session.flush()
+    return job
+
+
 def fail_lost(session: Session, *, handlers: Handlers, now: datetime | None = None) -> list[Job]:
     """Fail the running jobs whose lease expired on their last allowed attempt.
 
@@ -72,11 +83,7 @@ def fail_lost(session: Session, *, handlers: Handlers, now: datetime | None = No
         job.error = (f"worker lost {job.attempts} time{'s' if job.attempts != 1 else ''}: "
                      "every attempt's lease expired without a report")
         job.finished_at = now
-        _clear_lease(job)
-        handler = _handler(handlers, job)
-        if handler is not None:
-            handler.on_abandoned(session, job)
-    session.flush()
+        _abandoned(session, job, handlers)
     return lost
 
 
@@ -220,12 +227,7 @@ def fail(session: Session, *, job_id: int, worker: str, attempt: int, error: str
     job.error = error
     job.result = result
     job.finished_at = now or utcnow()
-    _clear_lease(job)
-    handler = _handler(handlers, job)
-    if handler is not None:
-        handler.on_abandoned(session, job)
-    session.flush()
-    return job
+    return _abandoned(session, job, handlers)
 
 
 def release(session: Session, *, job_id: int, worker: str, attempt: int, handlers: Handlers,
@@ -242,12 +244,7 @@ def release(session: Session, *, job_id: int, worker: str, attempt: int, handler
     job.status = JobStatus.queued
     job.attempts -= 1
     job.run_after = now or utcnow()
-    _clear_lease(job)
-    handler = _handler(handlers, job)
-    if handler is not None:
-        handler.on_abandoned(session, job)
-    session.flush()
-    return job
+    return _abandoned(session, job, handlers)
 
 
 def _locked(session: Session, job_id: int) -> Job:
@@ -274,12 +271,7 @@ def cancel(session: Session, *, job_id: int, handlers: Handlers,
                                "running job can be cancelled")
     job.status = JobStatus.cancelled
     job.finished_at = now or utcnow()
-    _clear_lease(job)
-    handler = _handler(handlers, job)
-    if handler is not None:
-        handler.on_abandoned(session, job)
-    session.flush()
-    return job
+    return _abandoned(session, job, handlers)
 
 
 def retry(session: Session, *, job_id: int, now: datetime | None = None) -> Job:
