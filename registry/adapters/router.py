@@ -10,6 +10,7 @@ from fastapi import Path as FPath
 from registry.adapters import queries, service
 from registry.adapters.schemas import AdapterOut, CreateVersionIn, LineageOut, VersionOut
 from registry.api.deps import (
+    AccessDep,
     ActorDep,
     AdapterName,
     BaseRevision,
@@ -36,8 +37,9 @@ _READ_SCOPE = [require(Scope.READ)]
 
 @router.get("", response_model=list[AdapterOut], responses=error_responses(503),
             dependencies=_READ_SCOPE)
-def list_adapters(session: SessionDep) -> list[AdapterOut]:
-    return service.list_adapters(session)
+def list_adapters(session: SessionDep, access: AccessDep) -> list[AdapterOut]:
+    """Every adapter (a token limited to namespaces sees theirs only)."""
+    return [a for a in service.list_adapters(session) if access.sees(a.name)]
 
 
 @router.post(

@@ -101,6 +101,11 @@ class Access:
             raise PermissionDenied(f"token {self.principal.name!r} lacks the {scope.value!r} "
                                    f"scope, which {why} needs")
 
+    def sees(self, adapter: str | None) -> bool:
+        """Whether a listing shows ``adapter`` to this request: a token limited to namespaces
+        lists only their adapters (and what names no adapter) when auth is enforced."""
+        return not self.enforced or self.principal is None or self.principal.may_touch(adapter)
+
     def admit(self, adapter: str | None) -> None:
         """Raises PermissionDenied when ``adapter`` lies outside the token's namespaces."""
         if self.enforced and self.principal is not None and not self.principal.may_touch(adapter):

@@ -68,7 +68,9 @@ def show_base(name: AdapterName, session: SessionDep,
 
 @compat_router.get("/compat", response_model=list[CompatibleVersionOut],
                    responses=error_responses(404, 422, 503), dependencies=_READ_SCOPE)
-def compatible_versions(session: SessionDep, base: BaseName,
+def compatible_versions(session: SessionDep, access: AccessDep, base: BaseName,
                         base_revision: BaseRevision = None) -> list[CompatibleVersionOut]:
-    """Every adapter version statically compatible with the base model."""
-    return service.compatible_versions(session, base=base, base_revision=base_revision)
+    """Every adapter version statically compatible with the base model (a token limited to
+    namespaces sees their adapters' versions)."""
+    found = service.compatible_versions(session, base=base, base_revision=base_revision)
+    return [v for v in found if access.sees(v.name)]

@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
 
-from registry.api.deps import HandlersDep, JobId, SessionDep, SettingsDep, require
+from registry.api.deps import AccessDep, HandlersDep, JobId, SessionDep, SettingsDep, require
 from registry.api.responses import error_responses
 from registry.auth.scopes import Scope
 from registry.db.enums import JobKind, JobStatus
@@ -37,15 +37,18 @@ _REPORT = error_responses(404, 409, 413, 422, 503)
             responses=error_responses(422, 503))
 def list_jobs(
     session: SessionDep,
+    access: AccessDep,
     status: Annotated[str | None, Query(max_length=16, json_schema_extra={
         "enum": [s.value for s in JobStatus]})] = None,
     kind: Annotated[str | None, Query(max_length=16, json_schema_extra={
         "enum": [k.value for k in JobKind]})] = None,
     limit: Annotated[int, Query(ge=1, le=queries.MAX_LIST)] = 100,
 ) -> list[JobOut]:
-    """Every job, newest first (finished ones included)."""
-    return [service.to_out(j)
+    """Every job, newest first (finished ones included); a token limited to namespaces sees
+    the jobs of their adapters."""
+    jobs = [service.to_out(j)
             for j in queries.list_jobs(session, status=status, kind=kind, limit=limit)]
+    return [j for j in jobs if access.sees(j.name)]
 
 
 @router.post("/claim", response_model=ClaimedJobOut,

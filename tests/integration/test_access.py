@@ -355,3 +355,27 @@ def test_auth_off_lets_everyone_through_and_a_valid_token_still_names_the_actor(
             assert r.json()["created_by"] == "declared"
     finally:
         ctx.close()
+
+
+def test_a_namespaced_token_lists_only_its_adapters(live_server):
+    ctx = live_server.context
+    base = live_server.url
+    admin = bearer(make_token(ctx, "ops", ["admin"]))
+    for name in ("team-a/bot", "team-b/bot", "loose"):
+        assert push(base, name, admin).status_code == 201
+    team_a = bearer(make_token(ctx, "team-a-reader", ["read"], ("team-a",)))
+
+    def names(path: str, headers: dict[str, str]) -> list[str]:
+        r = httpx.get(f"{base}{path}", headers=headers)
+        assert r.status_code == 200, r.text
+        body = r.json()
+        items = body["events"] if isinstance(body, dict) else body
+        return sorted({i.get("name") or i.get("adapter") for i in items} - {None})
+
+    assert names("/api/v1/adapters", admin) == ["loose", "team-a/bot", "team-b/bot"]
+    assert names("/api/v1/adapters", team_a) == ["team-a/bot"]
+    assert names("/api/v1/events", admin) == ["loose", "team-a/bot", "team-b/bot"]
+    assert names("/api/v1/events", team_a) == ["team-a/bot"]
+    page = httpx.get(f"{base}/api/v1/events", headers=team_a).json()
+    assert page["next_after"] == httpx.get(f"{base}/api/v1/events",
+                                           headers=admin).json()["next_after"]
