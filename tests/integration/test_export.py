@@ -66,6 +66,9 @@ def test_export_equals_peft_and_is_recorded(registered, settings, base_dirs, ada
     assert not again.reused and again.untrusted == ["anonymous"]
     assert read_dir(tmp_path / "again") == read_dir(out)
     assert again.export is not None and again.export.created_at == result.export.created_at
+    # One export.created event, for the one record (the second upload found it).
+    created = [e for e in registered.list_events(limit=1000).events if e.type == "export.created"]
+    assert [(e.adapter, e.version) for e in created] == [("bot", 1)]
 
     # Referenced by the export, its blobs survive garbage collection.
     registered.gc(grace_seconds=0, dry_run=False)
