@@ -133,7 +133,9 @@ def test_a_lock_held_too_long_is_503(settings):
                 assert r.json()["error"] == "database_unavailable"
             r = httpx.get(f"{base}/api/v1/adapters", timeout=20)
             assert r.status_code == 200, r.text
-            assert context.engine.pool.checkedout() == 0
+            # Nothing leaked: every connection comes back (the webhook dispatcher, polling in
+            # the background, may hold one for a moment).
+            assert _wait_until(lambda: context.engine.pool.checkedout() == 0, 5)
     finally:
         context.close()
 
