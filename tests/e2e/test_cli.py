@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from cli.main import cli
-from tests.integration.helpers import file_size_limit, read_dir
+from tests.integration.helpers import file_size_limit, read_dir, start_server, stop_server
 
 
 @pytest.fixture
@@ -324,34 +324,15 @@ def test_a_full_blob_store_is_507_and_stores_nothing(tmp_path):
     """The server's disk fills up during an upload (a file size limit on the server process):
     507 insufficient_storage with a JSON error, a one-line CLI error (exit 5), no version, and
     no temporary file left in the store."""
-    import socket
-    import time
 
     import httpx
 
     from tests.integration.helpers import big_lora_dir
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     home = tmp_path / "server-home"
-    exe = Path(sys.executable).with_name("adapter-registry")
-    server = subprocess.Popen(
-        [str(exe), "server", "--host", "127.0.0.1", "--port", str(port), "--log-level", "error"],
-        env={**os.environ, "REGISTRY_HOME": str(home)}, preexec_fn=file_size_limit(4 << 20),
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
+    server, url = start_server({**os.environ, "REGISTRY_HOME": str(home)}, "--host", "127.0.0.1",
+                               preexec_fn=file_size_limit(4 << 20))
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{url}/readyz").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline and server.poll() is None, "server did not start"
-            time.sleep(0.1)
 
         src = big_lora_dir(tmp_path / "big", seed=5)  # a 10.5 MB weights file
         code, _, err = run("--url", url, "push", "big", str(src))
@@ -362,8 +343,7 @@ def test_a_full_blob_store_is_507_and_stores_nothing(tmp_path):
         assert run("--url", url, "--json", "list")[1] == []
         assert [p for p in (home / "blobs").rglob("*") if p.is_file()] == []
     finally:
-        server.terminate()
-        server.wait(timeout=30)
+        stop_server(server)
 
 
 def test_eval_record_and_evals(home, adapters_dir):

@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -138,13 +139,15 @@ def server_env(settings: Settings, **extra: str) -> dict[str, str]:
     return env
 
 
-def start_server(env: dict[str, str], *args: str) -> tuple[subprocess.Popen[bytes], str]:
-    """`adapter-registry server` as a process, once it answers /readyz: (process, base URL)."""
+def start_server(env: dict[str, str], *args: str,
+                 **popen: Any) -> tuple[subprocess.Popen[bytes], str]:
+    """`adapter-registry server` as a process, once it answers /readyz: (process, base URL).
+    ``popen``: more arguments for subprocess.Popen (e.g. ``preexec_fn``)."""
     port = free_port()
     exe = Path(sys.executable).with_name("adapter-registry")
     proc = subprocess.Popen([str(exe), "server", "--port", str(port), "--log-level", "error",
                              *args], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+                            stderr=subprocess.DEVNULL, **popen)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while True:

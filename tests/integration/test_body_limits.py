@@ -4,8 +4,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -17,9 +15,10 @@ import pytest
 from registry.api.app import MAX_JSON_BODY
 from tests.integration.helpers import (
     digest_of,
-    free_port,
     put_blob,
     read_dir,
+    start_server,
+    stop_server,
     version_count,
 )
 
@@ -94,24 +93,9 @@ def test_a_200_mib_chunked_body_leaves_the_server_rss_flat(tmp_path: Path):
     resident memory, sampled all along, grows by at most a few times the limit."""
     import psutil
 
-    port = free_port()
-    exe = Path(sys.executable).with_name("adapter-registry")
-    server = subprocess.Popen(
-        [str(exe), "server", "--host", "127.0.0.1", "--port", str(port), "--log-level", "error"],
-        env={**os.environ, "REGISTRY_HOME": str(tmp_path / "home")},
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
+    server, url = start_server({**os.environ, "REGISTRY_HOME": str(tmp_path / "home")},
+                               "--host", "127.0.0.1")
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{url}/readyz").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline and server.poll() is None, "server did not start"
-            time.sleep(0.1)
         # Warm up every code path the big request takes, so the baseline includes them.
         for _ in range(3):
             httpx.post(f"{url}/api/v1/adapters/x/versions", content=chunked(2 * MiB),
@@ -144,5 +128,4 @@ def test_a_200_mib_chunked_body_leaves_the_server_rss_flat(tmp_path: Path):
         # The server still works afterwards.
         assert httpx.get(f"{url}/api/v1/adapters").json() == []
     finally:
-        server.terminate()
-        server.wait(timeout=30)
+        stop_server(server)
