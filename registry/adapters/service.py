@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Sequence
+from typing import Any
 
-from sqlalchemy import Select, func, select, update
+from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session, selectinload
 from sqlalchemy.orm.attributes import set_committed_value
 
+from registry.adapters import writes
 from registry.adapters.queries import get_version
 from registry.adapters.schemas import (
     AdapterOut,
@@ -30,7 +32,7 @@ from registry.compat.schemas import CompatibleBaseOut, VerdictOut
 from registry.config import Settings
 from registry.db.base import utcnow
 from registry.db.dialect import insert_ignore
-from registry.db.enums import JobKind
+from registry.db.enums import JobKind, JobStatus
 from registry.db.models import (
     Adapter,
     AdapterVersion,
@@ -48,10 +50,8 @@ from registry.errors import (
     InvalidReference,
     TooLarge,
 )
-from registry.events import service as events
 from registry.events import types as event_types
 from registry.formats import check_paths, inspect_adapter
-from registry.jobs import service as jobs
 from registry.refs import parse_ref, validate_name
 from registry.storage import BlobStore, manifest_digest, parse_digest
 
@@ -113,22 +113,12 @@ def _resolve_base(session: Session, name: str | None, declared: str | None,
     return _latest(bases, declared)
 
 
-def _adapter_row(session: Session, name: str, body: CreateVersionIn, task_type: str | None,
-                 *, take_number: bool) -> Adapter:
-    """The adapter row, created if new, locked until the transaction ends.
-
-    The row lock serialises concurrent pushes to one adapter: version numbers are handed out
-    one at a time, and an idempotency key is checked by whoever holds the lock. With
-    ``take_number`` the lock and the next number are one statement (``UPDATE … RETURNING``:
-    an UPDATE locks the row as ``FOR UPDATE`` does); without, the caller checks its key under
-    the lock first and increments ``version_counter`` itself.
-    """
+def _locked_adapter(session: Session, name: str, body: CreateVersionIn,
+                    task_type: str | None) -> Adapter:
+    """The adapter row, created if new, locked until the transaction ends (``FOR UPDATE``):
+    a push with an idempotency key checks the key under the lock, then takes its number
+    (registry.adapters.writes increments the counter of the row it holds)."""
     def lock() -> Adapter | None:
-        if take_number:
-            return session.scalars(
-                update(Adapter).where(Adapter.name == name)
-                .values(version_counter=Adapter.version_counter + 1).returning(Adapter)
-                .execution_options(populate_existing=True)).one_or_none()
         return session.scalars(
             select(Adapter).where(Adapter.name == name).with_for_update()
             .execution_options(populate_existing=True)).one_or_none()
@@ -193,9 +183,9 @@ def create_version(
     bases = base_queries.list_bases(session, with_files=False)
     base = _resolve_base(session, body.base_model, summary["base_model_name_or_path"], bases)
 
-    keyed = body.idempotency_key is not None
-    adapter = _adapter_row(session, name, body, summary["task_type"], take_number=not keyed)
     if body.idempotency_key is not None:
+        # The adapter row locked first: whoever holds it checks the key, then numbers.
+        adapter = _locked_adapter(session, name, body, summary["task_type"])
         existing = session.scalars(
             select(AdapterVersion).where(
                 AdapterVersion.adapter_id == adapter.id,
@@ -210,10 +200,10 @@ def create_version(
                 f"{existing.version} with different content"
             )
 
-        adapter.version_counter += 1
+    now = utcnow()
+    # Built in memory, written by registry.adapters.writes (not through the unit of work):
+    # the answer is this object, with the ids the insert returned.
     version = AdapterVersion(
-        adapter=adapter,
-        version=adapter.version_counter,
         status=VersionStatus.registered,
         peft_type=summary["peft_type"],
         task_type=summary["task_type"],
@@ -225,40 +215,74 @@ def create_version(
         tensor_count=len(inspection.tensors),
         total_size=sum(b.size for b in files.values()),
         content_digest=digest,
-        base_model=base,
+        base_model_id=base.id if base else None,
         declared_base_model=summary["base_model_name_or_path"],
-        parent=parent,
+        parent_id=parent.id if parent else None,
         meta=dict(body.metadata),
         git_commit=body.git_commit,
         ci_run_url=body.ci_run_url,
         idempotency_key=body.idempotency_key,
+        created_at=now,
         created_by=body.created_by,
     )
-    version.files = [VersionFile(path=p, blob=b) for p, b in sorted(files.items())]
-    if adapter.description is None and body.description:
-        adapter.description = body.description
-    session.add(version)
-    session.flush()
-    verdicts = compat.refresh_for_version(session, version=version, bases=bases,
-                                          find_base=lambda _s, n: _latest(bases, n),
-                                          new_version=True)
-    events.record(session, type=event_types.VERSION_CREATED, adapter=name,
-                  version=version.version, actor=body.created_by,
-                  payload={"peft_type": version.peft_type,
-                           "base_model": base.name if base else None,
-                           "parent": body.parent, "content_digest": digest})
+    verdicts = compat.verdicts_for_new_version(session, version=version, bases=bases,
+                                               find_base=lambda _s, n: _latest(bases, n))
     linked = next((c for c in verdicts if c.base_model_id == version.base_model_id), None)
+    # In the version's own statement: a committed push always has its validation queued.
+    validate = (settings.auto_validate and base is not None and linked is not None
+                and linked.compatible)
+    job_payload = {"suites": [], "auto": True}
+    paths = sorted(files)
+    params: dict[str, Any] = {
+        "now": now, "adapter_name": name, "adapter_description": body.description,
+        "adapter_task_type": summary["task_type"],
+        "e_type": event_types.VERSION_CREATED, "e_adapter": name, "e_alias": None,
+        "e_actor": body.created_by, "e_created_at": now,
+        "e_payload": {"peft_type": version.peft_type,
+                      "base_model": base.name if base else None,
+                      "parent": body.parent, "content_digest": digest},
+        "event_type": event_types.VERSION_CREATED, "event_adapter": name,
+    }
+    for column in writes.VERSION_COLUMNS:
+        params[f"v_{column}"] = getattr(version, "meta" if column == "metadata" else column)
+    for i, path in enumerate(paths):
+        params[f"f{i}_path"], params[f"f{i}_blob_id"] = path, files[path].id
+    for i, verdict in enumerate(verdicts):
+        for column in writes.VERDICT_COLUMNS:
+            params[f"c{i}_{column}"] = getattr(verdict, column)
+    job = None
+    if validate:
+        assert base is not None
+        job = Job(kind=JobKind.validate, status=JobStatus.queued, priority=0,
+                  payload=job_payload, base_model_id=base.id, attempts=0,
+                  max_attempts=settings.job_max_attempts, run_after=now, created_at=now,
+                  created_by=body.created_by)
+        for column in writes.JOB_COLUMNS:
+            params[f"j_{column}"] = getattr(job, column)
+    written = writes.write_version(session, shape=writes.Shape(
+        files=len(paths), verdicts=len(verdicts), job=job is not None,
+        deliver=event_types.VERSION_CREATED in event_types.DELIVERABLE), params=params)
+
+    version.id, version.adapter_id, version.version = (written.version_id, written.adapter_id,
+                                                       written.number)
+    adapter_row = Adapter(id=written.adapter_id, name=name, task_type=summary["task_type"])
+    version_files = []
+    for path in paths:
+        row = VersionFile(version_id=version.id, path=path, blob_id=files[path].id)
+        set_committed_value(row, "blob", files[path])
+        version_files.append(row)
+    for verdict in verdicts:
+        verdict.adapter_version_id = version.id
     validations: list[Job] = []
-    if settings.auto_validate and base is not None and linked is not None and linked.compatible:
-        # In the version's own transaction: a committed push always has its validation queued.
-        job = jobs.enqueue(session, kind=JobKind.validate, version_id=version.id,
-                           base_id=base.id, payload={"suites": [], "auto": True},
-                           max_attempts=settings.job_max_attempts, created_by=body.created_by)
+    if job is not None:
+        assert written.job_id is not None
+        job.id, job.adapter_version_id = written.job_id, version.id
         set_committed_value(job, "base_model", base)
         validations.append(job)
     # A new version has nothing else yet: the version object needs no further query.
-    for attr, value in (("verdicts", verdicts), ("exports", []), ("scores", []),
-                        ("aliases", []), ("validations", validations)):
+    for attr, value in (("adapter", adapter_row), ("base_model", base), ("parent", parent),
+                        ("files", version_files), ("verdicts", verdicts), ("exports", []),
+                        ("scores", []), ("aliases", []), ("validations", validations)):
         set_committed_value(version, attr, value)
     return version, True
 

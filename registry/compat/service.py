@@ -9,7 +9,7 @@ base_models``. The one lookup it needs by name, a version's declared base, is pa
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
@@ -87,49 +87,44 @@ def _store(session: Session, *, version: AdapterVersion, base: BaseModelRow,
     ).one()
 
 
-def _check_all(session: Session, pairs: Iterable[tuple[AdapterVersion, BaseModelRow]],
-               find_base: FindBase, *, new_version: bool = False) -> list[Compatibility]:
+def _verdicts(pairs: Iterable[tuple[AdapterVersion, BaseModelRow]], find_base: FindBase,
+              session: Session) -> Iterator[tuple[AdapterVersion, BaseModelRow, Verdict]]:
     manifests: dict[int, BaseManifest] = {}
     declared: dict[str, BaseModelRow | None] = {}
-    rows: list[Compatibility] = []
     for version, base in pairs:
         if base.id not in manifests:
             manifests[base.id] = _manifest(base)
         name = version.declared_base_model
         if name and name not in declared:
             declared[name] = find_base(session, name)
-        verdict = evaluate(version=version, base=base,
-                           declared_base=declared.get(name) if name else None,
-                           manifest=manifests[base.id])
-        if new_version:
-            # A version created in this transaction has no verdict anyone else could be
-            # writing: plain inserts, flushed together.
-            data = verdict.to_json()
-            row = Compatibility(adapter_version_id=version.id, base_model_id=base.id,
-                                compatible=verdict.compatible, method=METHOD_STATIC,
-                                reasons=data["reasons"], warnings=data["warnings"],
-                                serving=data["serving"], checked_at=utcnow())
-            session.add(row)
-            rows.append(row)
-        else:
-            rows.append(_store(session, version=version, base=base, verdict=verdict))
-    session.flush()
+        yield version, base, evaluate(version=version, base=base,
+                                      declared_base=declared.get(name) if name else None,
+                                      manifest=manifests[base.id])
+
+
+def verdicts_for_new_version(session: Session, *, version: AdapterVersion,
+                             bases: Sequence[BaseModelRow],
+                             find_base: FindBase) -> list[Compatibility]:
+    """The verdict rows of a version not written yet, against every registered base: built
+    in memory (not added to the session) for the caller to insert with the version
+    (registry.adapters.writes); ``adapter_version_id`` is set once the version has its id."""
+    now = utcnow()
+    rows = []
+    for _, base, verdict in _verdicts(((version, b) for b in bases), find_base, session):
+        data = verdict.to_json()
+        rows.append(Compatibility(base_model_id=base.id, compatible=verdict.compatible,
+                                  method=METHOD_STATIC, reasons=data["reasons"],
+                                  warnings=data["warnings"], serving=data["serving"],
+                                  checked_at=now))
     return rows
 
 
-def refresh_for_version(session: Session, *, version: AdapterVersion,
-                        bases: Sequence[BaseModelRow], find_base: FindBase,
-                        new_version: bool = False) -> list[Compatibility]:
-    """Verdicts for a version against every registered base model (there are few).
-
-    Args:
-        new_version: the version was created in this transaction (no stored verdict yet).
-
-    Returns:
-        The verdict rows, one per base.
-    """
-    return _check_all(session, ((version, b) for b in bases), find_base,
-                      new_version=new_version)
+def _check_all(session: Session, pairs: Iterable[tuple[AdapterVersion, BaseModelRow]],
+               find_base: FindBase) -> list[Compatibility]:
+    rows = [_store(session, version=version, base=base, verdict=verdict)
+            for version, base, verdict in _verdicts(pairs, find_base, session)]
+    session.flush()
+    return rows
 
 
 def refresh_for_base(session: Session, *, base: BaseModelRow, find_base: FindBase) -> None:

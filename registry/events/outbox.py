@@ -4,9 +4,11 @@ event's own transaction, and the in-process wake-up of dispatchers once that com
 from __future__ import annotations
 
 import threading
+from typing import Any
 
+from sqlalchemy import ColumnElement, Select, bindparam, exists, func, literal, or_, select
 from sqlalchemy import event as sa_event
-from sqlalchemy import or_, select
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session
 
 from registry.db.base import utcnow
@@ -74,3 +76,30 @@ def fan_out(session: Session, event: Event) -> int:
         session.flush()
         wake_after_commit(session)
     return added
+
+
+def deliveries_select(event_id: ColumnElement[Any], *, dialect: str) -> Select[Any]:
+    """:func:`fan_out` as SQL, for an insert in the event's own statement: the delivery rows of
+    the event ``event_id`` names, one per active webhook subscribed to the event's type (bound
+    as ``event_type``) and to its adapter (``event_adapter``) or to every adapter; timestamps
+    are the bound ``now``. Columns in the order of :data:`DELIVERY_COLUMNS`."""
+    w = Webhook.__table__.c
+    event_type = bindparam("event_type", type_=w.url.type)
+    if dialect == "postgresql":
+        subscribed: ColumnElement[bool] = w.event_types.cast(JSONB).has_key(event_type)
+    else:
+        listed = func.json_each(w.event_types).table_valued("value")
+        subscribed = exists().select_from(listed).where(listed.c.value == event_type)
+    now = bindparam("now", type_=WebhookDelivery.__table__.c.created_at.type)
+    status = bindparam("delivery_status", DeliveryStatus.pending,
+                       type_=WebhookDelivery.__table__.c.status.type)
+    return (select(w.id, event_id, status, literal(0), now, now, now)
+            .where(w.active.is_(True),
+                   or_(w.adapter.is_(None), w.adapter == bindparam("event_adapter",
+                                                                     type_=w.adapter.type)),
+                   subscribed)
+            .order_by(w.id))
+
+
+DELIVERY_COLUMNS = ("webhook_id", "event_id", "status", "attempts", "next_attempt_at",
+                    "created_at", "updated_at")
