@@ -83,6 +83,8 @@ def make_engine(url: str, *, timeouts: DbTimeouts | None = None, **kwargs: Any) 
         own = parsed.query.get("options")
         own_options = own if isinstance(own, str) else " ".join(own or ())
         connect_args["options"] = f"{statement} {own_options}".strip()
+    if parsed.get_driver_name() == "psycopg":
+        _cache_long_statements()
     engine = create_engine(url, connect_args=connect_args, **kwargs)
     _ping_after_idle(engine, PING_AFTER_IDLE_SECONDS)
 
@@ -99,6 +101,25 @@ def make_engine(url: str, *, timeouts: DbTimeouts | None = None, **kwargs: Any) 
             raise
 
     return engine
+
+
+# psycopg converts a statement's text (named placeholders to $1…) once and keeps the result in
+# an LRU cache of 128 entries, but only for statements of at most 4,096 characters and 50
+# parameters (psycopg/_queries.py: ORM-generated multi-row inserts rarely repeat). A push's
+# one statement (registry/adapters/writes.py, built once per shape) is longer: converting it
+# again on every push cost ~0.35 ms, a tenth of a push's time in the server. The cache stays
+# bounded; only what may enter it is widened.
+PSYCOPG_CACHED_STATEMENT_LENGTH = 64 * 1024
+PSYCOPG_CACHED_STATEMENT_PARAMS = 1024
+
+
+def _cache_long_statements() -> None:
+    from psycopg import _queries  # psycopg is the PostgreSQL driver: not needed on SQLite
+
+    for name, value in (("MAX_CACHED_STATEMENT_LENGTH", PSYCOPG_CACHED_STATEMENT_LENGTH),
+                        ("MAX_CACHED_STATEMENT_PARAMS", PSYCOPG_CACHED_STATEMENT_PARAMS)):
+        if isinstance(getattr(_queries, name, None), int):  # absent in another version: skip
+            setattr(_queries, name, max(getattr(_queries, name), value))
 
 
 def _ping_after_idle(engine: Engine, idle_seconds: float) -> None:
