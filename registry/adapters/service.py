@@ -226,7 +226,9 @@ def create_version(
         created_by=body.created_by,
     )
     verdicts = compat.verdicts_for_new_version(session, version=version, bases=bases,
-                                               find_base=lambda _s, n: _latest(bases, n))
+                                               find_base=lambda _s, n: _latest(bases, n),
+                                               config=inspection.config,
+                                               tensors=inspection.tensors)
     linked = next((c for c in verdicts if c.base_model_id == version.base_model_id), None)
     # In the version's own statement: a committed push always has its validation queued.
     validate = (settings.auto_validate and base is not None and linked is not None

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy.orm import Session, defer, selectinload
 
 from registry.db.models import BaseModelFile, BaseModelRow, SourceKind
 from registry.errors import BaseModelNotFound
@@ -58,10 +58,14 @@ def list_bases(session: Session, *, with_files: bool = True) -> Sequence[BaseMod
     """Every registered base model revision, by name then age.
 
     Args:
-        with_files: load each base's files too (not needed for compatibility checks).
+        with_files: load each base's files too. Without (compatibility checks), neither files
+            nor config and tensor manifest are loaded up front: compat keeps each base's
+            parsed manifest by content, so they are read (one query each) only on a miss.
     """
     stmt = select(BaseModelRow).where(_REGISTERED).order_by(BaseModelRow.name,
                                                             BaseModelRow.created_at)
     if with_files:
         stmt = stmt.options(selectinload(BaseModelRow.files).selectinload(BaseModelFile.blob))
+    else:
+        stmt = stmt.options(defer(BaseModelRow.config), defer(BaseModelRow.tensor_manifest))
     return session.scalars(stmt).all()

@@ -9,7 +9,8 @@ base_models``. The one lookup it needs by name, a version's declared base, is pa
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Iterator, Sequence
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
@@ -25,7 +26,7 @@ from registry.compat.schemas import (
 from registry.db.base import utcnow
 from registry.db.dialect import insert_ignore
 from registry.db.models import Adapter, AdapterVersion, BaseModelRow, Compatibility
-from registry.formats import TensorInfo, parse_adapter_config
+from registry.formats import AdapterConfig, TensorInfo, parse_adapter_config
 
 METHOD_STATIC = "static"
 # A worker loaded the adapter onto the base: the verdict is what the load showed.
@@ -35,13 +36,32 @@ METHOD_VALIDATED = "validated"
 FindBase = Callable[[Session, str | None], BaseModelRow | None]
 
 
+# A base's manifest, parsed and fingerprinted, kept by what identifies its content (the digest
+# of its files, or the hub's content id, with revision and fingerprint): the same key always
+# means the same config and tensors, in any database this process serves. A manifest is built
+# once per process instead of on every push (a 7B base has ~300 tensors to parse and hash).
+# Bounded: a registry has few bases; past the bound the oldest entry goes.
+MANIFESTS_KEPT = 64
+_manifests: dict[tuple[str, str, str], BaseManifest] = {}
+_manifests_lock = threading.Lock()
+
+
 def _manifest(base: BaseModelRow) -> BaseManifest:
-    tensors = {n: TensorInfo.from_json(d) for n, d in base.tensor_manifest.items()}
-    return base_manifest(base.config, tensors, revision=base.revision)
+    key = (base.content_id, base.revision, base.fingerprint)
+    manifest = _manifests.get(key)
+    if manifest is None:
+        tensors = {n: TensorInfo.from_json(d) for n, d in base.tensor_manifest.items()}
+        manifest = base_manifest(base.config, tensors, revision=base.revision)
+        with _manifests_lock:
+            while len(_manifests) >= MANIFESTS_KEPT:
+                del _manifests[next(iter(_manifests))]
+            _manifests[key] = manifest
+    return manifest
 
 
 def evaluate(*, version: AdapterVersion, base: BaseModelRow, declared_base: BaseModelRow | None,
-             manifest: BaseManifest | None = None) -> Verdict:
+             manifest: BaseManifest | None = None, config: AdapterConfig | None = None,
+             tensors: Mapping[str, TensorInfo] | None = None) -> Verdict:
     """The static verdict for one pair, from the two stored manifests (no tensor bytes).
 
     Args:
@@ -50,12 +70,16 @@ def evaluate(*, version: AdapterVersion, base: BaseModelRow, declared_base: Base
         declared_base: the registered base the version's config names, if any (its fingerprint
             tells a renamed copy of the same weights from another model).
         manifest: ``base``'s manifest, when the caller already built it.
+        config, tensors: the version's parsed config and tensor manifest, when the caller
+            has them (a push: its inspection), instead of parsing the stored ones again.
     """
-    config = parse_adapter_config(json.dumps(version.adapter_config).encode())
-    tensors = {n: TensorInfo.from_json(d) for n, d in version.tensor_manifest.items()}
+    if config is None:
+        config = parse_adapter_config(json.dumps(version.adapter_config).encode())
+    if tensors is None:
+        tensors = {n: TensorInfo.from_json(d) for n, d in version.tensor_manifest.items()}
     return check_compatibility(
         config,
-        tensors,
+        dict(tensors),
         manifest or _manifest(base),
         base_name=base.name,
         declared_base_name=version.declared_base_model,
@@ -88,29 +112,32 @@ def _store(session: Session, *, version: AdapterVersion, base: BaseModelRow,
 
 
 def _verdicts(pairs: Iterable[tuple[AdapterVersion, BaseModelRow]], find_base: FindBase,
-              session: Session) -> Iterator[tuple[AdapterVersion, BaseModelRow, Verdict]]:
-    manifests: dict[int, BaseManifest] = {}
+              session: Session, *, config: AdapterConfig | None = None,
+              tensors: Mapping[str, TensorInfo] | None = None,
+              ) -> Iterator[tuple[AdapterVersion, BaseModelRow, Verdict]]:
     declared: dict[str, BaseModelRow | None] = {}
     for version, base in pairs:
-        if base.id not in manifests:
-            manifests[base.id] = _manifest(base)
         name = version.declared_base_model
         if name and name not in declared:
             declared[name] = find_base(session, name)
         yield version, base, evaluate(version=version, base=base,
                                       declared_base=declared.get(name) if name else None,
-                                      manifest=manifests[base.id])
+                                      manifest=_manifest(base), config=config, tensors=tensors)
 
 
 def verdicts_for_new_version(session: Session, *, version: AdapterVersion,
-                             bases: Sequence[BaseModelRow],
-                             find_base: FindBase) -> list[Compatibility]:
+                             bases: Sequence[BaseModelRow], find_base: FindBase,
+                             config: AdapterConfig, tensors: Mapping[str, TensorInfo],
+                             ) -> list[Compatibility]:
     """The verdict rows of a version not written yet, against every registered base: built
     in memory (not added to the session) for the caller to insert with the version
-    (registry.adapters.writes); ``adapter_version_id`` is set once the version has its id."""
+    (registry.adapters.writes); ``adapter_version_id`` is set once the version has its id.
+    ``config`` and ``tensors`` are the push's inspection (what the version's stored config and
+    manifest are made from)."""
     now = utcnow()
     rows = []
-    for _, base, verdict in _verdicts(((version, b) for b in bases), find_base, session):
+    for _, base, verdict in _verdicts(((version, b) for b in bases), find_base, session,
+                                      config=config, tensors=tensors):
         data = verdict.to_json()
         rows.append(Compatibility(base_model_id=base.id, compatible=verdict.compatible,
                                   method=METHOD_STATIC, reasons=data["reasons"],
