@@ -1,7 +1,7 @@
 """Registry operations against MLflow's model registry, side by side, in one run.
 
     python -m bench.bench_lifecycle [--count 1000] [--resolves 2000] [--moves 1000] [--round 50]
-                                    [--py-spy PATH]
+                                    [--warmup 50] [--py-spy PATH]
 
 Both servers run as subprocesses with one worker process each, on the same PostgreSQL cluster
 (one database each, created for the run and dropped after) and this machine; the clients are
@@ -19,7 +19,8 @@ raw ``httpx`` clients in this process, one keep-alive connection per server. Ope
     event); MLflow ``POST /api/2.0/mlflow/registered-models/alias``.
 
 The two servers take turns in rounds of ``--round`` operations, so a change in the machine's
-load (it is shared) falls on both. MLflow is installed into ``bench/.mlflow-venv`` when missing
+load (it is shared) falls on both; before the timed runs each server registers ``--warmup``
+versions of another name, untimed (first statements compiled, caches and pools filled). MLflow is installed into ``bench/.mlflow-venv`` when missing
 (``MLFLOW_SPEC``). ``--py-spy PATH`` also samples our server during an extra create loop and
 records where its time goes.
 """
@@ -60,6 +61,7 @@ MLFLOW_VENV = REPO / "bench" / ".mlflow-venv"
 # 3.18.0's own mlflow-tracing 3.18.0 was not installable when this was written; 3.17.2 is.
 MLFLOW_SPEC = os.environ.get("MLFLOW_SPEC", "mlflow==3.17.2")
 NAME = "bench-adapter"
+WARMUP_NAME = "bench-warmup"
 ALIAS = "production"
 
 
@@ -94,8 +96,11 @@ def mlflow_server(exe: Path, db_url: str, workdir: Path) -> Iterator[Service]:
             "--default-artifact-root", (workdir / "artifacts").as_uri(),
             "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
     with log_path.open("wb") as log:
-        proc = subprocess.Popen(argv, env=base_env(), stdout=log, stderr=subprocess.STDOUT,
-                                cwd=workdir)
+        # MLflow 3 starts a job runner beside the server (seven huey consumer processes, each
+        # importing mlflow: ~10 s of both cores after start-up) for its GenAI jobs; the
+        # registry calls measured here never use it, and "one worker process" excludes it.
+        proc = subprocess.Popen(argv, env=base_env(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false"),
+                                stdout=log, stderr=subprocess.STDOUT, cwd=workdir)
     service = Service("mlflow server", proc, log_path, f"http://127.0.0.1:{port}")
     try:
         _wait_http(service, "/health", 180)
@@ -187,8 +192,8 @@ def _py_spy_summary(raw: Path, top: int = 25) -> list[str]:
     return [f"{100 * c / total:5.1f}% {f}" for f, c in per_frame.most_common(top)] if total else []
 
 
-def run(count: int, resolves: int, moves: int, per_round: int,
-        py_spy: str | None) -> dict[str, Any]:
+def run(count: int, resolves: int, moves: int, per_round: int, py_spy: str | None,
+        warmup: int = 50) -> dict[str, Any]:
     load_at_start = [round(x, 2) for x in os.getloadavg()]
     exe = ensure_mlflow()
     root = Path(tempfile.mkdtemp(prefix="adapter-registry-bench-lifecycle-"))
@@ -222,19 +227,27 @@ def run(count: int, resolves: int, moves: int, per_round: int,
                 _ok(b.post("/api/2.0/mlflow/registered-models/create", json={"name": NAME}),
                     200)
 
-                def ours_create(i: int) -> None:
+                _ok(b.post("/api/2.0/mlflow/registered-models/create",
+                           json={"name": WARMUP_NAME}), 200)
+
+                def ours_create(i: int, name: str = NAME) -> None:
                     body = {"files": files, "metadata": _metadata(i), "created_by": "bench"}
                     if base_dir is not None:
                         body["base_model"] = "tiny-llama"
-                    _ok(a.post(f"/api/v1/adapters/{NAME}/versions", json=body), 201)
+                    _ok(a.post(f"/api/v1/adapters/{name}/versions", json=body), 201)
 
-                def mlflow_create(i: int) -> None:
+                def mlflow_create(i: int, name: str = NAME) -> None:
                     tags = [{"key": k, "value": v} for k, v in _metadata(i).items()]
                     # Files already in object storage: MLflow records the URI (it refuses a
                     # local path without a run), and reads nothing.
                     _ok(b.post("/api/2.0/mlflow/model-versions/create",
-                               json={"name": NAME, "source": f"s3://bench/adapters/{i:05d}",
+                               json={"name": name, "source": f"s3://bench/adapters/{i:05d}",
                                      "tags": tags}), 200)
+
+                # Untimed warm-up on another name: each stack's first requests compile
+                # statements, fill caches and open connections.
+                alternate(warmup, per_round, lambda i: ours_create(i, WARMUP_NAME),
+                          lambda i: mlflow_create(i, WARMUP_NAME))
 
                 print(f"(a) {count} creates on each server ...", file=sys.stderr)
                 ta, tb = alternate(count, per_round, ours_create, mlflow_create)
@@ -312,7 +325,7 @@ def run(count: int, resolves: int, moves: int, per_round: int,
         "benchmark": "lifecycle",
         "machine": {**machine_info(), "load_average_at_start": load_at_start},
         "parameters": {"count": count, "resolves": resolves, "moves": moves,
-                       "round": per_round, "adapter": made_with,
+                       "round": per_round, "warmup_creates": warmup, "adapter": made_with,
                        "mlflow": f"mlflow {mlflow_version(exe)} (mlflow server --workers 1, "
                                  "PostgreSQL via psycopg2, file artifact root)",
                        "ours": "adapter-registry server (uvicorn, one process), PostgreSQL "
@@ -350,10 +363,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--resolves", type=int, default=2000)
     p.add_argument("--moves", type=int, default=1000)
     p.add_argument("--round", type=int, default=50, help="operations per turn")
+    p.add_argument("--warmup", type=int, default=50,
+                   help="untimed creates on each server first (another name)")
     p.add_argument("--py-spy", default=None, metavar="PATH",
                    help="py-spy executable: profile our server's creates too")
     args = p.parse_args(argv)
-    run(args.count, args.resolves, args.moves, args.round, args.py_spy)
+    run(args.count, args.resolves, args.moves, args.round, args.py_spy, args.warmup)
     return 0
 
 
