@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from functools import cache
 from typing import Any
 
-from sqlalchemy import Select, bindparam, func, select
+from sqlalchemy import Connection, Select, bindparam, func, select
 from sqlalchemy.orm import Session, aliased, joinedload
 
 from registry.adapters.queries import get_adapter, get_version, version_query
@@ -84,14 +84,16 @@ def list_aliases(session: Session, *, name: str) -> Sequence[Alias]:
     ).all()
 
 
-def alias_stamp(session: Session, *, name: str, alias: str) -> tuple[object, ...] | None:
+def alias_stamp(session: Session | Connection, *, name: str,
+                alias: str) -> tuple[object, ...] | None:
     """What ``name@alias`` points at and everything about that version object that can
     change, in one statement; None when the alias (or the adapter) does not exist.
 
     A version's files, parent, link and names never change; its status, scores, verdicts,
     exports and aliases may. Equal stamps mean equal version objects, so a process may serve a
     version object it built before for the same stamp (``cache.VersionObjects``): every request
-    still asks the database, so no replica serves a stale one.
+    still asks the database, so no replica serves a stale one. A Core statement: it runs on a
+    bare connection too (a cache hit needs no ORM session).
     """
     row = session.execute(_stamp_statement(), {"name": name, "alias": alias}).one_or_none()
     return tuple(row) if row is not None else None

@@ -6,7 +6,6 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Request, Response
-from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from registry.adapters.queries import get_version
@@ -76,9 +75,8 @@ def _cached(ctx: RegistryContext, cache: VersionObjects, name: str, alias: str) 
     sparing the BEGIN and COMMIT round trips. (SQLite's connections begin IMMEDIATE.)"""
     if ctx.engine.dialect.name != "postgresql":
         return None
-    with (ctx.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn,
-          Session(bind=conn) as session):
-        stamp = queries.alias_stamp(session, name=name, alias=alias)
+    with ctx.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        stamp = queries.alias_stamp(conn, name=name, alias=alias)
         return cache.get(stamp) if stamp is not None else None
 
 
