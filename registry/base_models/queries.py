@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
-from sqlalchemy import select
+from sqlalchemy import Select, select
 from sqlalchemy.orm import Session, defer, selectinload
 
 from registry.db.models import BaseModelFile, BaseModelRow, SourceKind
@@ -62,10 +63,14 @@ def list_bases(session: Session, *, with_files: bool = True) -> Sequence[BaseMod
             nor config and tensor manifest are loaded up front: compat keeps each base's
             parsed manifest by content, so they are read (one query each) only on a miss.
     """
+    return session.scalars(_bases_statement(with_files)).all()
+
+
+@functools.cache
+def _bases_statement(with_files: bool) -> Select[BaseModelRow]:
+    """Built once (every push runs it; constructing it cost more than running it)."""
     stmt = select(BaseModelRow).where(_REGISTERED).order_by(BaseModelRow.name,
                                                             BaseModelRow.created_at)
     if with_files:
-        stmt = stmt.options(selectinload(BaseModelRow.files).selectinload(BaseModelFile.blob))
-    else:
-        stmt = stmt.options(defer(BaseModelRow.config), defer(BaseModelRow.tensor_manifest))
-    return session.scalars(stmt).all()
+        return stmt.options(selectinload(BaseModelRow.files).selectinload(BaseModelFile.blob))
+    return stmt.options(defer(BaseModelRow.config), defer(BaseModelRow.tensor_manifest))

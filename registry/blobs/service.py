@@ -10,6 +10,7 @@ version that was created stays pullable, and HEAD 200 means GET succeeds.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -17,7 +18,17 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from sqlalchemy import ColumnElement, delete, exists, or_, select, true, update
+from sqlalchemy import (
+    ColumnElement,
+    Select,
+    bindparam,
+    delete,
+    exists,
+    or_,
+    select,
+    true,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker, undefer
 
@@ -116,16 +127,8 @@ def blobs_for(session: Session, files: dict[str, str]) -> dict[str, Blob]:
         BlobNotFound: a digest was never uploaded (names the path).
     """
     digests = sorted(set(files.values()))
-    stmt = (select(Blob).options(undefer(Blob.parsed))
-            .where(Blob.digest.in_(digests), Blob.state == BlobState.present))
-    if session.get_bind().dialect.name == "postgresql":
-        # Locked until the caller's transaction ends: gc's mark (FOR UPDATE SKIP LOCKED)
-        # skips these rows, so a blob cannot be collected between this check and the insert
-        # of the rows that reference it. FOR NO KEY UPDATE rather than FOR SHARE: the caller
-        # may write the blob's parse cache, and two creates upgrading shared locks on the
-        # same blob would deadlock; in id order, concurrent creates simply queue.
-        stmt = stmt.order_by(Blob.id).with_for_update(key_share=True)
-    found = {b.digest: b for b in session.scalars(stmt)}
+    stmt = _blobs_statement(session.get_bind().dialect.name)
+    found = {b.digest: b for b in session.scalars(stmt, {"digests": digests})}
     for path, digest in sorted(files.items()):
         if digest not in found:
             raise BlobNotFound(
@@ -133,6 +136,23 @@ def blobs_for(session: Session, files: dict[str, str]) -> dict[str, Blob]:
                 f"PUT /api/v1/blobs/{digest} first"
             )
     return {path: found[digest] for path, digest in files.items()}
+
+
+@functools.cache
+def _blobs_statement(dialect: str) -> Select[Blob]:
+    """Built once per dialect (the digests bound at execution): constructing the statement
+    cost more Python than running it, on every push."""
+    stmt = (select(Blob).options(undefer(Blob.parsed))
+            .where(Blob.digest.in_(bindparam("digests", expanding=True)),
+                   Blob.state == BlobState.present))
+    if dialect == "postgresql":
+        # Locked until the caller's transaction ends: gc's mark (FOR UPDATE SKIP LOCKED)
+        # skips these rows, so a blob cannot be collected between this check and the insert
+        # of the rows that reference it. FOR NO KEY UPDATE rather than FOR SHARE: the caller
+        # may write the blob's parse cache, and two creates upgrading shared locks on the
+        # same blob would deadlock; in id order, concurrent creates simply queue.
+        stmt = stmt.order_by(Blob.id).with_for_update(key_share=True)
+    return stmt
 
 
 # A file read whole up to this size (an adapter's config) is kept with its blob row as text.
