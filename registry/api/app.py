@@ -322,6 +322,13 @@ def create_app(
     app.state.metrics = metrics
     install_error_handlers(app)
     app.include_router(health)
+    # The hot routes first: FastAPI tries the included routers in order, route by route (a
+    # push used to be tried against ~50 routes before its own). Resolve and push lead;
+    # their paths end in suffixes no router before them had (aliases, history, archive,
+    # policies; versions, versions/{version}[/tensors|lineage|compat]), so no request
+    # matches another route than before; lifecycle stays before adapters.
+    app.include_router(lifecycle_router)
+    app.include_router(adapters_router)
     app.include_router(blobs_router)
     app.include_router(compat_router)
     app.include_router(exports_router)
@@ -331,9 +338,7 @@ def create_app(
     app.include_router(jobs_router)
     app.include_router(events_router)
     app.include_router(webhooks_router)
-    app.include_router(lifecycle_router)
     app.include_router(policies_router)
-    app.include_router(adapters_router)
     app.include_router(base_models_router)
     app.include_router(admin_router)
     app.include_router(auth_router)
