@@ -20,9 +20,10 @@ raw ``httpx`` clients in this process, one keep-alive connection per server. Ope
 
 The two servers take turns in rounds of ``--round`` operations, so a change in the machine's
 load (it is shared) falls on both; before the timed runs each server registers ``--warmup``
-versions of another name, untimed (first statements compiled, caches and pools filled). MLflow is installed into ``bench/.mlflow-venv`` when missing
-(``MLFLOW_SPEC``). ``--py-spy PATH`` also samples our server during an extra create loop and
-records where its time goes.
+versions of another name, untimed (first statements compiled, caches and pools filled).
+MLflow is installed into ``bench/.mlflow-venv`` when missing (``MLFLOW_SPEC``), and runs
+without its job runner. ``--py-spy PATH`` also samples our server during an extra create
+loop and records where its time goes.
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ from registry.auth.scopes import Principal, Scope
 from registry.auth.service import authenticate
 from registry.config import Settings
 from registry.context import RegistryContext
-from registry.db.engine import session_scope
+from registry.db.engine import end_session, session_scope
 from registry.errors import PermissionDenied, Unauthenticated
 from registry.jobs.handlers import Handlers
 from registry.refs import NAME_PATTERN
@@ -44,24 +44,10 @@ async def get_session(request: Request) -> AsyncIterator[Session]:
         yield session
     except BaseException:
         with anyio.CancelScope(shield=True):
-            await run_in_threadpool(_end, session, commit=False)
+            await run_in_threadpool(end_session, session, commit=False)
         raise
     with anyio.CancelScope(shield=True):
-        await run_in_threadpool(_end, session, commit=True)
-
-
-def _end(session: Session, *, commit: bool) -> None:
-    try:
-        if commit:
-            session.commit()
-        else:
-            session.rollback()
-    except BaseException:
-        if commit:
-            session.rollback()
-        raise
-    finally:
-        session.close()
+        await run_in_threadpool(end_session, session, commit=True)
 
 
 def get_store(request: Request) -> BlobStore:

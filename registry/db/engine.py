@@ -163,9 +163,23 @@ def session_scope(factory: sessionmaker[Session]) -> Iterator[Session]:
     session = factory()
     try:
         yield session
-        session.commit()
     except BaseException:
-        session.rollback()
+        end_session(session, commit=False)
+        raise
+    end_session(session, commit=True)
+
+
+def end_session(session: Session, *, commit: bool) -> None:
+    """Commit (rolled back if the commit fails) or roll back, then close: the end of a unit of
+    work, here and in the API's async session dependency (which runs it on a thread)."""
+    try:
+        if commit:
+            session.commit()
+        else:
+            session.rollback()
+    except BaseException:
+        if commit:
+            session.rollback()
         raise
     finally:
         session.close()

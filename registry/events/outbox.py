@@ -3,10 +3,22 @@ event's own transaction, and the in-process wake-up of dispatchers once that com
 
 from __future__ import annotations
 
+import functools
 import threading
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, bindparam, exists, func, literal, or_, select
+from sqlalchemy import (
+    ColumnElement,
+    Insert,
+    Select,
+    bindparam,
+    exists,
+    func,
+    insert,
+    literal,
+    or_,
+    select,
+)
 from sqlalchemy import event as sa_event
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session
@@ -51,38 +63,38 @@ def _after_rollback(session: Session) -> None:
 
 
 def fan_out(session: Session, event: Event) -> int:
-    """Add a pending delivery of ``event`` for every active webhook subscribed to its type
-    (and its adapter, when the webhook names one).
+    """Add a pending delivery of ``event`` (flushed: it has its id) for every active webhook
+    subscribed to its type (and its adapter, when the webhook names one): one
+    ``INSERT … SELECT`` of :func:`deliveries_select`, the rule a push's own statement uses.
 
     Returns:
         How many deliveries were added.
     """
     if event.type not in DELIVERABLE:
         return 0
-    hooks = session.scalars(
-        select(Webhook).where(Webhook.active.is_(True),
-                              or_(Webhook.adapter.is_(None), Webhook.adapter == event.adapter))
-        .order_by(Webhook.id)
-    ).all()
-    now = utcnow()
-    added = 0
-    for hook in hooks:
-        if event.type in (hook.event_types or ()):
-            session.add(WebhookDelivery(webhook_id=hook.id, event_id=event.id,
-                                        status=DeliveryStatus.pending, attempts=0,
-                                        next_attempt_at=now, created_at=now, updated_at=now))
-            added += 1
+    added = len(session.execute(_fan_out_statement(session.get_bind().dialect.name), {
+        "event_id": event.id, "event_type": event.type, "event_adapter": event.adapter,
+        "now": utcnow()}).all())
     if added:
-        session.flush()
         wake_after_commit(session)
     return added
 
 
+@functools.cache
+def _fan_out_statement(dialect: str) -> Insert:
+    event_id = bindparam("event_id", type_=WebhookDelivery.__table__.c.event_id.type)
+    table: Any = WebhookDelivery.__table__
+    return (insert(table).from_select(list(DELIVERY_COLUMNS),
+                                      deliveries_select(event_id, dialect=dialect))
+            .returning(table.c.id))
+
+
 def deliveries_select(event_id: ColumnElement[Any], *, dialect: str) -> Select[Any]:
-    """:func:`fan_out` as SQL, for an insert in the event's own statement: the delivery rows of
-    the event ``event_id`` names, one per active webhook subscribed to the event's type (bound
-    as ``event_type``) and to its adapter (``event_adapter``) or to every adapter; timestamps
-    are the bound ``now``. Columns in the order of :data:`DELIVERY_COLUMNS`."""
+    """The delivery rows of the event ``event_id`` names, as SQL (:func:`fan_out`'s insert, and
+    a push's own statement in registry.adapters.writes): one per active webhook subscribed to
+    the event's type (bound as ``event_type``) and to its adapter (``event_adapter``) or to
+    every adapter; timestamps are the bound ``now``. Columns in the order of
+    :data:`DELIVERY_COLUMNS`."""
     w = Webhook.__table__.c
     event_type = bindparam("event_type", type_=w.url.type)
     if dialect == "postgresql":
