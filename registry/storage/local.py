@@ -4,7 +4,8 @@ Layout under the root::
 
     sha256/ab/cd/abcd...   one file per blob, named by its 64 hex digits and fanned out by
                            the first two byte pairs so no directory grows too large
-    tmp/                   uploads in progress: <hex>.<random>.tmp, renamed into place on commit
+    tmp/                   uploads in progress: <hex>.<random>.tmp (.new until locked),
+                           renamed into place on commit
 
 ``tmp/`` lives under the same root so ``os.replace`` stays on one filesystem and is atomic.
 """
@@ -71,6 +72,12 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+# An upload's temp file: created as NAME.new, renamed NAME.tmp once its writer holds the lock.
+TEMP_SUFFIX = ".tmp"
+FRESH_SUFFIX = ".new"
+FRESH_GRACE_SECONDS = 3600
+
+
 class LocalBlobWriter(HashingWriter):
     """Writes to a unique temp file, then fsyncs and renames it into place on commit.
 
@@ -84,14 +91,23 @@ class LocalBlobWriter(HashingWriter):
         super().__init__(digest, max_size=max_size)
         self._store = store
         stem = "upload" if digest is None else parse_digest(digest)
+        name = f"{stem}.{uuid.uuid4().hex}"
+        self._tmp = store.tmp_dir / f"{name}{TEMP_SUFFIX}"
+        fresh = store.tmp_dir / f"{name}{FRESH_SUFFIX}"
         try:
             store.tmp_dir.mkdir(parents=True, exist_ok=True)
-            self._tmp = store.tmp_dir / f"{stem}.{uuid.uuid4().hex}.tmp"
-            self._file = self._tmp.open("xb", buffering=0)
+            self._file = fresh.open("xb", buffering=0)
             # Held until publish or discard: cleanup_temp() never removes a live upload's file,
-            # and the lock goes with the process if it dies.
+            # and the lock goes with the process if it dies. The file is created under a name
+            # cleanup_temp() leaves alone and gets its .tmp name only once locked: created as
+            # .tmp, a cleanup with no grace could take it between the open and the lock.
             fcntl.flock(self._file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.rename(fresh, self._tmp)
         except OSError as exc:
+            with contextlib.suppress(OSError, AttributeError):
+                self._file.close()
+            with contextlib.suppress(OSError):
+                fresh.unlink(missing_ok=True)
             raise _storage_error("creating a temp file", exc) from exc
         self._writeback = Writeback(self._file.fileno())
 
@@ -379,10 +395,20 @@ class LocalBlobStore:
             return 0
         except OSError as exc:
             raise _storage_error("listing temp files", exc) from exc
+        # A file still under its fresh name is renamed microseconds after it was created;
+        # one left that way (its process died in between) goes after FRESH_GRACE_SECONDS.
+        fresh_cutoff = min(cutoff, time.time() - FRESH_GRACE_SECONDS)
         for entry in entries:
             try:
-                if not (entry.is_file(follow_symlinks=False) and entry.name.endswith(".tmp")
-                        and entry.stat().st_mtime <= cutoff):
+                if not entry.is_file(follow_symlinks=False):
+                    continue
+                if entry.name.endswith(TEMP_SUFFIX):
+                    limit = cutoff
+                elif entry.name.endswith(FRESH_SUFFIX):
+                    limit = fresh_cutoff
+                else:
+                    continue
+                if entry.stat().st_mtime > limit:
                     continue
                 if _remove_unless_locked(entry.path):
                     removed += 1

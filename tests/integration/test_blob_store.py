@@ -227,6 +227,30 @@ def test_cleanup_temp_removes_only_stale_uploads(store: BlobStore) -> None:
     w.abort()  # its upload is already gone; must not raise
 
 
+def test_a_temp_file_not_yet_locked_survives_cleanup(tmp_path: Path) -> None:
+    """A writer creates its temp file under a fresh name, locks it, then renames it: between
+    the open and the lock, a cleanup with no grace used to remove it (the upload then failed
+    to publish). A fresh-named file goes only once it is an hour old (its process died)."""
+    import os
+    import time
+
+    from registry.storage.local import FRESH_GRACE_SECONDS, FRESH_SUFFIX
+
+    store = LocalBlobStore(tmp_path / "store")
+    data, digest = blob(1024)
+    w = store.writer(digest)
+    write_chunks(w, data)
+    assert [p.suffix for p in store.tmp_dir.iterdir()] == [".tmp"]  # renamed once locked
+    w.abort()
+    store.tmp_dir.mkdir(parents=True, exist_ok=True)
+    fresh = store.tmp_dir / f"upload.{uuid.uuid4().hex}{FRESH_SUFFIX}"
+    fresh.write_bytes(b"x")  # as a writer leaves it between its open and its lock
+    assert store.cleanup_temp(0) == 0 and fresh.exists()
+    old = time.time() - FRESH_GRACE_SECONDS - 10
+    os.utime(fresh, (old, old))  # its writer died in between, an hour ago
+    assert store.cleanup_temp(0) == 1 and not fresh.exists()
+
+
 # --- reads, deletes, listing ---------------------------------------------------------------------
 
 
