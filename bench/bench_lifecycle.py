@@ -5,7 +5,9 @@
 
 Both servers run as subprocesses with one worker process each, on the same PostgreSQL cluster
 (one database each, created for the run and dropped after) and this machine; the clients are
-raw ``httpx`` clients in this process, one keep-alive connection per server. Operations:
+raw HTTP clients in this process (``http.client``, one keep-alive connection per server: a
+client library's own cost, ~0.4 ms a request for httpx here, would fall on both sides).
+Operations:
 
 (a) register a version whose files are already uploaded: ours ``POST
     /api/v1/adapters/{name}/versions`` with the file manifest and 4 metadata entries (the
@@ -31,7 +33,10 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
+import dataclasses
 import hashlib
+import http.client
+import json
 import os
 import shutil
 import statistics
@@ -39,11 +44,10 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
-
-import httpx
 
 from bench.common import (
     REPO,
@@ -127,9 +131,59 @@ def make_inputs(root: Path) -> tuple[Path, Path | None, str]:
         return adapter, None, make_small_adapter(adapter, "handwritten")
 
 
-def _ok(r: httpx.Response, *codes: int) -> httpx.Response:
+@dataclasses.dataclass
+class RawResponse:
+    method: str
+    path: str
+    status_code: int
+    content: bytes
+
+    @property
+    def text(self) -> str:
+        return self.content.decode("utf-8", "replace")
+
+    def json(self) -> Any:
+        return json.loads(self.content)
+
+
+class RawClient:
+    """One keep-alive HTTP/1.1 connection (stdlib ``http.client``): the least a client can
+    add to a request, the same for both servers."""
+
+    def __init__(self, base_url: str) -> None:
+        url = urllib.parse.urlsplit(base_url)
+        self._conn = http.client.HTTPConnection(url.hostname or "127.0.0.1", url.port,
+                                                timeout=60)
+
+    def request(self, method: str, path: str, *, json_body: Any = None,
+                params: dict[str, str] | None = None) -> RawResponse:
+        if params:
+            path = f"{path}?{urllib.parse.urlencode(params)}"
+        headers = {}
+        body = None
+        if json_body is not None:
+            body = json.dumps(json_body).encode()
+            headers["Content-Type"] = "application/json"
+        self._conn.request(method, path, body=body, headers=headers)
+        r = self._conn.getresponse()
+        return RawResponse(method, path, r.status, r.read())
+
+    def get(self, path: str, *, params: dict[str, str] | None = None) -> RawResponse:
+        return self.request("GET", path, params=params)
+
+    def post(self, path: str, *, json: Any) -> RawResponse:
+        return self.request("POST", path, json_body=json)
+
+    def put(self, path: str, *, json: Any) -> RawResponse:
+        return self.request("PUT", path, json_body=json)
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+def _ok(r: RawResponse, *codes: int) -> RawResponse:
     if r.status_code not in codes:
-        raise RuntimeError(f"{r.request.method} {r.request.url}: {r.status_code} {r.text[:300]}")
+        raise RuntimeError(f"{r.method} {r.path}: {r.status_code} {r.text[:300]}")
     return r
 
 
@@ -211,8 +265,8 @@ def run(count: int, resolves: int, moves: int, per_round: int, py_spy: str | Non
                     "REGISTRY_DATABASE_URL": ours_db, "REGISTRY_AUTO_MIGRATE": "1",
                     "PYTHONPATH": str(REPO)}) as ours,
                   mlflow_server(exe, mlflow_db, root / "mlflow") as mlflow,
-                  httpx.Client(base_url=ours.url, timeout=60) as a,
-                  httpx.Client(base_url=mlflow.url, timeout=60) as b):
+                  contextlib.closing(RawClient(ours.url)) as a,
+                  contextlib.closing(RawClient(mlflow.url)) as b):
                 from registry.client import HttpRegistry
                 from registry.clientside.transfer import register_base_dir
                 from registry.config import Settings
@@ -331,7 +385,8 @@ def run(count: int, resolves: int, moves: int, per_round: int, py_spy: str | Non
                                  "PostgreSQL via psycopg2, file artifact root)",
                        "ours": "adapter-registry server (uvicorn, one process), PostgreSQL "
                                "via psycopg 3, local blob store",
-                       "client": "httpx.Client per server, keep-alive, in this process"},
+                       "client": "http.client per server, one keep-alive connection, in this "
+                                 "process"},
         "results": results,
         "ratios": ratios,
         "targets_met": targets,
