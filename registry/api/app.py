@@ -19,6 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import registry
+from registry.adapters.router import push_route
 from registry.adapters.router import router as adapters_router
 from registry.admin.router import router as admin_router
 from registry.api.audit import router as audit_router
@@ -279,13 +280,17 @@ def _route_template(scope: Scope) -> str:
 
 
 def create_app(
-    settings: Settings | None = None, *, context: RegistryContext | None = None
+    settings: Settings | None = None, *, context: RegistryContext | None = None,
+    hot_routes: bool = True,
 ) -> FastAPI:
     """Build the API.
 
     Args:
         settings: configuration (defaults to the environment); ignored when ``context`` is given.
         context: an already opened registry (tests and the embedded server share one).
+        hot_routes: serve the push through its plain Starlette route
+            (``registry.adapters.router.push_route``); False leaves it to the FastAPI route it
+            shadows, so a test can compare the two.
 
     Returns:
         The app; the registry context opens on startup and closes on shutdown.
@@ -351,6 +356,9 @@ def create_app(
         # A sync route: the queue families query the database on a threadpool thread.
         return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
+    if hot_routes:
+        # First of all: FastAPI's POST route at the same path stays, for the schema only.
+        app.router.routes.insert(0, push_route)
     app.add_middleware(RequestMiddleware, metrics=metrics)
     document_access(app.routes)
 

@@ -150,31 +150,42 @@ class RequireScope:
         self.adapter_param = adapter_param
 
     async def __call__(self, request: Request) -> Principal | None:
-        # Async: an open request (auth off, no token) costs no thread hop; a token lookup
-        # runs on the threadpool.
-        principal: Principal | None = getattr(request.state, "principal", None)
-        if self.scope is None:
-            request.state.principal = principal
-            return principal
-        ctx = get_context(request)
-        enforced = ctx.settings.auth_required
-        if principal is None:
-            try:
-                secret = bearer_token(request)
-                if secret is not None:
-                    principal = await run_in_threadpool(_authenticate, ctx, secret)
-            except Unauthenticated:
-                if enforced:
-                    raise
-                principal = None  # auth off: a bad token is no worse than none
-        access = Access(principal, enforced)
+        return await authorize(request, self.scope, adapter_param=self.adapter_param)
+
+
+async def authorize(request: Request, scope: Scope | None, *,
+                    adapter_param: str | None = "name") -> Principal | None:
+    """The scope decision of RequireScope, for a route that is not a FastAPI route (the push's
+    hot route calls it directly); sets ``request.state.principal`` and ``.access``.
+
+    Raises:
+        Unauthenticated, PermissionDenied: as RequireScope describes.
+    """
+    # Async: an open request (auth off, no token) costs no thread hop; a token lookup runs on
+    # the threadpool.
+    principal: Principal | None = getattr(request.state, "principal", None)
+    if scope is None:
         request.state.principal = principal
-        request.state.access = access
-        access.demand(self.scope, why=f"{request.method} {_template(request)}")
-        if self.adapter_param is not None:
-            adapter = request.path_params.get(self.adapter_param)
-            access.admit(adapter if isinstance(adapter, str) else None)
         return principal
+    ctx = get_context(request)
+    enforced = ctx.settings.auth_required
+    if principal is None:
+        try:
+            secret = bearer_token(request)
+            if secret is not None:
+                principal = await run_in_threadpool(_authenticate, ctx, secret)
+        except Unauthenticated:
+            if enforced:
+                raise
+            principal = None  # auth off: a bad token is no worse than none
+    access = Access(principal, enforced)
+    request.state.principal = principal
+    request.state.access = access
+    access.demand(scope, why=f"{request.method} {_template(request)}")
+    if adapter_param is not None:
+        adapter = request.path_params.get(adapter_param)
+        access.admit(adapter if isinstance(adapter, str) else None)
+    return principal
 
 
 def _template(request: Request) -> str:
