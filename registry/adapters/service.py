@@ -26,7 +26,7 @@ from registry.adapters.schemas import (
     VersionRefOut,
 )
 from registry.base_models import queries as base_queries
-from registry.blobs.service import BlobFiles, blobs_for
+from registry.blobs.service import BlobFiles, blob_rows_for, save_parsed
 from registry.compat import service as compat
 from registry.compat.schemas import CompatibleBaseOut, VerdictOut
 from registry.config import Settings
@@ -38,6 +38,7 @@ from registry.db.models import (
     AdapterVersion,
     Alias,
     BaseModelRow,
+    Blob,
     EvalScore,
     Export,
     Job,
@@ -173,14 +174,18 @@ def create_version(
     _check_request(body, settings)
     digest = manifest_digest(body.files)
 
-    files = blobs_for(session, body.files)
+    files = blob_rows_for(session, body.files)
     inspection = inspect_adapter(
         sorted(files), BlobFiles(store, files), limits=settings.adapter_limits()
     )
+    save_parsed(session, files.values())  # what a blob's first use parsed, kept with it
     summary = inspection.summary()
     parent = _resolve_parent(session, body.parent)
     # One query for every base: the link, the declared base and the verdicts all use it.
-    bases = base_queries.list_bases(session, with_files=False)
+    bases: Sequence[BaseModelRow] = base_queries.bases_for_push(session)
+    if not compat.manifests_kept(bases):
+        # A base this process has not parsed yet: load them whole (manifests kept after).
+        bases = base_queries.list_bases(session, with_files=False)
     base = _resolve_base(session, body.base_model, summary["base_model_name_or_path"], bases)
 
     if body.idempotency_key is not None:
@@ -271,7 +276,8 @@ def create_version(
     version_files = []
     for path in paths:
         row = VersionFile(version_id=version.id, path=path, blob_id=files[path].id)
-        set_committed_value(row, "blob", files[path])
+        blob = files[path]
+        set_committed_value(row, "blob", Blob(id=blob.id, digest=blob.digest, size=blob.size))
         version_files.append(row)
     for verdict in verdicts:
         verdict.adapter_version_id = version.id

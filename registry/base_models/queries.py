@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
+from typing import Any
 
 from sqlalchemy import Select, select
 from sqlalchemy.orm import Session, defer, selectinload
@@ -74,3 +75,22 @@ def _bases_statement(with_files: bool) -> Select[BaseModelRow]:
     if with_files:
         return stmt.options(selectinload(BaseModelRow.files).selectinload(BaseModelFile.blob))
     return stmt.options(defer(BaseModelRow.config), defer(BaseModelRow.tensor_manifest))
+
+
+# What a push needs of each base: the link (name, age), the verdict (name, the manifest's key).
+_PUSH_COLUMNS = ("id", "name", "revision", "created_at", "content_id", "fingerprint")
+
+
+def bases_for_push(session: Session) -> list[BaseModelRow]:
+    """Every registered base as ``list_bases(with_files=False)`` orders them, but only the
+    columns a push uses, as transient objects (not in the session; loading ORM objects cost
+    a push more than the query). Without config and tensor manifest: only for bases whose
+    parsed manifest compat already keeps (``compat.service.manifests_kept``)."""
+    return [BaseModelRow(**row._mapping)
+            for row in session.connection().execute(_push_bases_statement())]
+
+
+@functools.cache
+def _push_bases_statement() -> Select[Any]:
+    return (select(*(BaseModelRow.__table__.c[c] for c in _PUSH_COLUMNS)).where(_REGISTERED)
+            .order_by(BaseModelRow.name, BaseModelRow.created_at))

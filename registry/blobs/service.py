@@ -13,10 +13,11 @@ import contextlib
 import functools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any, TypeVar
 
 from sqlalchemy import (
     ColumnElement,
@@ -121,14 +122,55 @@ def size_stored(session: Session, *, size: int) -> bool:
 
 
 def blobs_for(session: Session, files: dict[str, str]) -> dict[str, Blob]:
-    """The recorded blob of every ``path -> digest``, with what was parsed from each before.
+    """The recorded blob of every ``path -> digest``, with what was parsed from each before,
+    locked against gc until the caller's transaction ends.
 
     Raises:
         BlobNotFound: a digest was never uploaded (names the path).
     """
-    digests = sorted(set(files.values()))
-    stmt = _blobs_statement(session.get_bind().dialect.name)
-    found = {b.digest: b for b in session.scalars(stmt, {"digests": digests})}
+    stmt = _blobs_statement(session.get_bind().dialect.name, rows=False)
+    found = {b.digest: b for b in session.scalars(stmt, {"digests": sorted(set(files.values()))})}
+    return _every_path(files, found)
+
+
+@dataclass(eq=False)
+class BlobRow:
+    """A blob row as a push reads it: its columns, no ORM object (loading three ``Blob``
+    objects cost a push more than the query). What ``BlobFiles`` parses into ``parsed`` is
+    written back by ``save_parsed``."""
+
+    id: int
+    digest: str
+    size: int
+    parsed: dict[str, Any] | None
+    changed: bool = False
+
+
+def blob_rows_for(session: Session, files: dict[str, str]) -> dict[str, BlobRow]:
+    """``blobs_for`` as plain rows (the same rows, locked the same way).
+
+    Raises:
+        BlobNotFound: a digest was never uploaded (names the path).
+    """
+    conn = session.connection()  # a Core statement: no ORM entities to look for
+    stmt = _blobs_statement(conn.dialect.name, rows=True)
+    found = {r.digest: BlobRow(r.id, r.digest, r.size, r.parsed)
+             for r in conn.execute(stmt, {"digests": sorted(set(files.values()))})}
+    return _every_path(files, found)
+
+
+def save_parsed(session: Session, rows: Iterable[BlobRow]) -> None:
+    """Write what was parsed from ``rows`` since they were read (a blob's first use only)."""
+    for row in rows:
+        if row.changed:
+            session.execute(update(Blob).where(Blob.id == row.id).values(parsed=row.parsed))
+            row.changed = False
+
+
+_B = TypeVar("_B", Blob, BlobRow)
+
+
+def _every_path(files: dict[str, str], found: dict[str, _B]) -> dict[str, _B]:
     for path, digest in sorted(files.items()):
         if digest not in found:
             raise BlobNotFound(
@@ -139,12 +181,14 @@ def blobs_for(session: Session, files: dict[str, str]) -> dict[str, Blob]:
 
 
 @functools.cache
-def _blobs_statement(dialect: str) -> Select[Blob]:
-    """Built once per dialect (the digests bound at execution): constructing the statement
-    cost more Python than running it, on every push."""
-    stmt = (select(Blob).options(undefer(Blob.parsed))
-            .where(Blob.digest.in_(bindparam("digests", expanding=True)),
-                   Blob.state == BlobState.present))
+def _blobs_statement(dialect: str, *, rows: bool) -> Select[Any]:
+    """Built once per dialect and kind (the digests bound at execution): constructing the
+    statement cost more Python than running it, on every push."""
+    stmt: Select[Any] = (
+        select(Blob.id, Blob.digest, Blob.size, Blob.parsed) if rows
+        else select(Blob).options(undefer(Blob.parsed))
+    ).where(Blob.digest.in_(bindparam("digests", expanding=True)),
+            Blob.state == BlobState.present)
     if dialect == "postgresql":
         # Locked until the caller's transaction ends: gc's mark (FOR UPDATE SKIP LOCKED)
         # skips these rows, so a blob cannot be collected between this check and the insert
@@ -168,7 +212,7 @@ class BlobFiles:
     blob reads neither from the store: no range reads at all on S3.
     """
 
-    def __init__(self, store: BlobStore, files: dict[str, Blob]) -> None:
+    def __init__(self, store: BlobStore, files: Mapping[str, Blob | BlobRow]) -> None:
         self._store = store
         self._files = files
 
@@ -201,8 +245,10 @@ class BlobFiles:
         })
 
     @staticmethod
-    def _keep(blob: Blob, key: str, value: object) -> None:
+    def _keep(blob: Blob | BlobRow, key: str, value: object) -> None:
         blob.parsed = {**(blob.parsed or {}), key: value}  # a new dict: the ORM sees the change
+        if isinstance(blob, BlobRow):
+            blob.changed = True  # written by save_parsed
 
 
 def _lock_row(session: Session, *, digest: str, size: int) -> Blob:

@@ -46,6 +46,12 @@ _manifests: dict[tuple[str, str, str], BaseManifest] = {}
 _manifests_lock = threading.Lock()
 
 
+def manifests_kept(bases: Iterable[BaseModelRow]) -> bool:
+    """Whether this process keeps the parsed manifest of every one of ``bases`` (then their
+    config and tensor manifest need not be loaded)."""
+    return all((b.content_id, b.revision, b.fingerprint) in _manifests for b in bases)
+
+
 def _manifest(base: BaseModelRow) -> BaseManifest:
     key = (base.content_id, base.revision, base.fingerprint)
     manifest = _manifests.get(key)
