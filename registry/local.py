@@ -29,7 +29,7 @@ from registry.blobs import service as blobs
 from registry.compat.schemas import CompatibleBaseOut, CompatibleVersionOut, VerdictOut
 from registry.config import Settings
 from registry.context import RegistryContext
-from registry.db.engine import session_scope
+from registry.db.engine import session_scope, write_scope
 from registry.errors import BlobNotFound
 from registry.evals import queries as eval_queries
 from registry.evals import service as evals
@@ -119,7 +119,8 @@ class LocalRegistry:
                 progress(len(chunk))
 
     def create_version(self, name: str, body: CreateVersionIn) -> tuple[VersionOut, bool]:
-        with session_scope(self.ctx.sessions) as session:
+        with write_scope(self.ctx.sessions,
+                         one_statement=adapters.writes_in_one_statement(body)) as session:
             version, created = adapters.create_version(
                 session, self.ctx.store, name=name, body=body, settings=self.ctx.settings
             )

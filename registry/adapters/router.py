@@ -32,7 +32,7 @@ from registry.api.responses import error_responses
 from registry.auth.scopes import Scope
 from registry.compat.schemas import CompatibleBaseOut, VerdictOut
 from registry.context import RegistryContext
-from registry.db.engine import session_scope
+from registry.db.engine import write_scope
 from registry.errors import InvalidReference, VersionNotFound
 
 MAX_VERSION = 2**31 - 1
@@ -146,7 +146,7 @@ push_route = _HotRoute("/api/v1/adapters/{name:path}/versions", _push, methods=[
 
 
 def _create_version(ctx: RegistryContext, name: str, body: CreateVersionIn) -> tuple[bool, bytes]:
-    with session_scope(ctx.sessions) as session:
+    with write_scope(ctx.sessions, one_statement=service.writes_in_one_statement(body)) as session:
         version, created = service.create_version(
             session, ctx.store, name=name, body=body, settings=ctx.settings
         )

@@ -32,6 +32,7 @@ from registry.compat.schemas import CompatibleBaseOut, VerdictOut
 from registry.config import Settings
 from registry.db.base import utcnow
 from registry.db.dialect import insert_ignore
+from registry.db.engine import autocommitting
 from registry.db.enums import JobKind, JobStatus
 from registry.db.models import (
     Adapter,
@@ -46,6 +47,7 @@ from registry.db.models import (
     VersionStatus,
 )
 from registry.errors import (
+    Conflict,
     IdempotencyConflict,
     InvalidInput,
     InvalidReference,
@@ -147,6 +149,13 @@ def _same_request(existing: AdapterVersion, digest: str, base: BaseModelRow | No
     )
 
 
+def writes_in_one_statement(body: CreateVersionIn) -> bool:
+    """Whether ``create_version`` writes ``body``'s version in one statement that needs no
+    lock held before it (``registry.db.engine.write_scope`` may then run it outside a
+    transaction): yes, unless an idempotency key must be checked under the adapter's lock."""
+    return body.idempotency_key is None
+
+
 def create_version(
     session: Session, store: BlobStore, *, name: str, body: CreateVersionIn, settings: Settings
 ) -> tuple[AdapterVersion, bool]:
@@ -174,15 +183,25 @@ def create_version(
     _check_request(body, settings)
     digest = manifest_digest(body.files)
 
-    files = blob_rows_for(session, body.files)
+    postgresql = session.get_bind().dialect.name == "postgresql"
+    # Outside a transaction (write_scope) the rows are read unlocked: the write statement
+    # locks them and fails whole if one has gone since (writes.BlobsGone).
+    unlocked = postgresql and autocommitting(session)
+    # On PostgreSQL the registered bases come with the blob rows (one round trip).
+    files, bases_json = blob_rows_for(
+        session, body.files, lock=not unlocked,
+        also=base_queries.bases_json_column() if postgresql else None)
     inspection = inspect_adapter(
         sorted(files), BlobFiles(store, files), limits=settings.adapter_limits()
     )
-    save_parsed(session, files.values())  # what a blob's first use parsed, kept with it
+    # What a blob's first use parsed, kept with it (outside a transaction: committed now,
+    # whatever becomes of the push; it describes the blob's content, which never changes).
+    save_parsed(session, files.values())
     summary = inspection.summary()
     parent = _resolve_parent(session, body.parent)
     # One query for every base: the link, the declared base and the verdicts all use it.
-    bases: Sequence[BaseModelRow] = base_queries.bases_for_push(session)
+    bases: Sequence[BaseModelRow] = (base_queries.bases_from_json(bases_json) if postgresql
+                                     else base_queries.bases_for_push(session))
     if not compat.manifests_kept(bases):
         # A base this process has not parsed yet: load them whole (manifests kept after).
         bases = base_queries.list_bases(session, with_files=False)
@@ -249,6 +268,7 @@ def create_version(
                       "base_model": base.name if base else None,
                       "parent": body.parent, "content_digest": digest},
         "event_type": event_types.VERSION_CREATED, "event_adapter": name,
+        "blob_count": len({b.id for b in files.values()}),
     }
     for column in writes.VERSION_COLUMNS:
         params[f"v_{column}"] = getattr(version, "meta" if column == "metadata" else column)
@@ -266,9 +286,15 @@ def create_version(
                   created_by=body.created_by)
         for column in writes.JOB_COLUMNS:
             params[f"j_{column}"] = getattr(job, column)
-    written = writes.write_version(session, shape=writes.Shape(
-        files=len(paths), verdicts=len(verdicts), job=job is not None,
-        deliver=event_types.VERSION_CREATED in event_types.DELIVERABLE), params=params)
+    try:
+        written = writes.write_version(session, shape=writes.Shape(
+            files=len(paths), verdicts=len(verdicts), job=job is not None,
+            deliver=event_types.VERSION_CREATED in event_types.DELIVERABLE), params=params)
+    except writes.BlobsGone:
+        if unlocked:
+            blob_rows_for(session, body.files, lock=False)  # BlobNotFound names the file
+        raise Conflict(f"a blob of {name} was being garbage-collected while it was pushed; "
+                       "upload the files again and push again") from None
 
     version.id, version.adapter_id, version.version = (written.version_id, written.adapter_id,
                                                        written.number)

@@ -41,11 +41,14 @@ from sqlalchemy import (
     union_all,
 )
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from registry.db.enums import BlobState
 from registry.db.models import (
     Adapter,
     AdapterVersion,
+    Blob,
     Compatibility,
     Event,
     Job,
@@ -61,6 +64,7 @@ C = Compatibility.__table__
 E = Event.__table__
 J = Job.__table__
 D = WebhookDelivery.__table__
+B = Blob.__table__
 
 # Columns bound from the caller's values (the ids and the number come from the statements).
 VERSION_COLUMNS = tuple(c.name for c in V.c if c.name not in ("id", "adapter_id", "version"))
@@ -100,15 +104,28 @@ def _bound(table: Any, column: str, key: str) -> BindParameter[Any]:
 Ref = Callable[[str], ColumnElement[Any]]
 
 
-def _upsert(dialect: str) -> Insert:
+def _upsert(dialect: str, files: int = 0) -> Insert:
     module: Any = postgresql if dialect == "postgresql" else sqlite
-    ins = module.insert(A).values(
-        name=_bound(A, "name", "adapter_name"),
-        description=_bound(A, "description", "adapter_description"),
-        task_type=_bound(A, "task_type", "adapter_task_type"),
-        version_counter=1,
-        created_at=_bound(A, "created_at", "now"),
-    )
+    values = {"name": _bound(A, "name", "adapter_name"),
+              "description": _bound(A, "description", "adapter_description"),
+              "task_type": _bound(A, "task_type", "adapter_task_type"),
+              "version_counter": literal(1),
+              "created_at": _bound(A, "created_at", "now")}
+    if dialect == "postgresql":
+        # The gate: every blob the files reference locked (FOR KEY SHARE: gc's mark, FOR
+        # UPDATE SKIP LOCKED, passes them by) and still present, or no adapter row comes out
+        # and the version's insert fails on its NOT NULL adapter_id: the statement writes
+        # nothing (BlobsGone). A push outside a transaction read its blob rows unlocked;
+        # this is where it holds them until the rows that reference them are committed.
+        present = (select(B.c.id).where(
+            B.c.id.in_([_bound(F, "blob_id", f"f{i}_blob_id") for i in range(files)]),
+            B.c.state == BlobState.present).with_for_update(read=True, key_share=True)
+            .subquery())
+        held = select(func.count()).select_from(present).scalar_subquery()
+        ins = module.insert(A).from_select(list(values), select(*values.values()).where(
+            held == bindparam("blob_count", type_=A.c.version_counter.type)))
+    else:
+        ins = module.insert(A).values(**values)
     upsert: Insert = ins.on_conflict_do_update(
         index_elements=[A.c.name],
         set_={"version_counter": A.c.version_counter + 1,
@@ -159,7 +176,7 @@ def _postgresql_statement(shape: Shape) -> Select[Any]:
     """The whole push in one statement: ``WITH a AS (upsert), version AS (…), files AS (…) …
     SELECT`` the ids and counts. Every CTE is referenced by the final SELECT (SQLAlchemy
     renders only referenced ones; PostgreSQL runs each data-modifying one exactly once)."""
-    ctes: dict[str, Any] = {"a": _upsert("postgresql").cte("a")}
+    ctes: dict[str, Any] = {"a": _upsert("postgresql", shape.files).cte("a")}
 
     def ref(name: str) -> ColumnElement[Any]:
         # A scalar subquery (each CTE returns one row): no FROM list to cross-join.
@@ -189,16 +206,33 @@ def _sqlite_statements(shape: Shape) -> tuple[Insert, dict[str, Insert]]:
     return _upsert("sqlite"), dict(_inserts(shape, ref, "sqlite"))
 
 
+class BlobsGone(Exception):
+    """A blob the version references was not present when the write locked it (collected
+    since the push read it): nothing was written."""
+
+
 def write_version(session: Session, *, shape: Shape, params: Mapping[str, Any]) -> Written:
     """Run the push's inserts, every value bound from ``params`` (keys as the statements
     name them: ``v_*`` version columns, ``f{i}_*`` files, ``c{i}_*`` verdicts, ``e_*`` the
-    event, ``j_*`` the job, ``now`` and ``adapter_*``); the caller's transaction commits them."""
+    event, ``j_*`` the job, ``now``, ``adapter_*`` and ``blob_count``, the number of distinct
+    blobs); the caller's transaction commits them (or, outside one, the statement itself).
+
+    Raises:
+        BlobsGone: PostgreSQL: a referenced blob is no longer present.
+    """
     # Core statements on the session's connection: session.execute would first look for ORM
     # entities in them (measurable at this rate).
     conn = session.connection()
     dialect = conn.dialect.name
     if dialect == "postgresql":
-        row = conn.execute(_postgresql_statement(shape), dict(params)).one()
+        try:
+            row = conn.execute(_postgresql_statement(shape), dict(params)).one()
+        except IntegrityError as exc:
+            diag = getattr(exc.orig, "diag", None)
+            if (getattr(diag, "table_name", None), getattr(diag, "column_name", None)) == (
+                    AdapterVersion.__tablename__, "adapter_id"):
+                raise BlobsGone() from exc  # the gate held no adapter row back (_upsert)
+            raise
         adapter_id, number, version_id, event_id, job_id, deliveries, _, _ = row
     else:
         upsert, inserts = _sqlite_statements(shape)

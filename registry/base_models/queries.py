@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Select, select
+from sqlalchemy import ColumnElement, Select, func, literal_column, select
+from sqlalchemy.dialects.postgresql import aggregate_order_by
 from sqlalchemy.orm import Session, defer, selectinload
 
 from registry.db.models import BaseModelFile, BaseModelRow, SourceKind
@@ -88,6 +90,26 @@ def bases_for_push(session: Session) -> list[BaseModelRow]:
     parsed manifest compat already keeps (``compat.service.manifests_kept``)."""
     return [BaseModelRow(**row._mapping)
             for row in session.connection().execute(_push_bases_statement())]
+
+
+@functools.cache
+def bases_json_column() -> ColumnElement[Any]:
+    """PostgreSQL: ``bases_for_push``'s rows as one JSON array, a scalar subquery a push reads
+    with its blob rows (one round trip for both); ``bases_from_json`` reads it back."""
+    t = BaseModelRow.__table__
+    return (select(func.coalesce(func.json_agg(aggregate_order_by(
+                func.json_build_array(*(t.c[c] for c in _PUSH_COLUMNS)),
+                t.c.name, t.c.created_at)), literal_column("'[]'::json")))
+            .where(_REGISTERED).scalar_subquery())
+
+
+def bases_from_json(value: list[list[Any]]) -> list[BaseModelRow]:
+    bases = []
+    for row in value:
+        cols = dict(zip(_PUSH_COLUMNS, row, strict=True))
+        cols["created_at"] = datetime.fromisoformat(cols["created_at"]).astimezone(UTC)
+        bases.append(BaseModelRow(**cols))
+    return bases
 
 
 @functools.cache

@@ -146,17 +146,35 @@ class BlobRow:
     changed: bool = False
 
 
-def blob_rows_for(session: Session, files: dict[str, str]) -> dict[str, BlobRow]:
+def blob_rows_for(session: Session, files: dict[str, str], *, lock: bool = True,
+                  also: ColumnElement[Any] | None = None) -> tuple[dict[str, BlobRow], Any]:
     """``blobs_for`` as plain rows (the same rows, locked the same way).
+
+    Args:
+        lock: False for a caller outside a transaction, whose one write statement locks the
+            rows itself and fails if one has gone (registry.adapters.writes).
+        also: a scalar subquery read in the same round trip (the caller's, e.g. the push's
+            registered bases); its value is returned second (None when no blob was found).
 
     Raises:
         BlobNotFound: a digest was never uploaded (names the path).
     """
     conn = session.connection()  # a Core statement: no ORM entities to look for
-    stmt = _blobs_statement(conn.dialect.name, rows=True)
-    found = {r.digest: BlobRow(r.id, r.digest, r.size, r.parsed)
-             for r in conn.execute(stmt, {"digests": sorted(set(files.values()))})}
-    return _every_path(files, found)
+    stmt = _blobs_statement(conn.dialect.name if lock else "", rows=True)
+    if also is not None:
+        stmt = _with_column(stmt, also)
+    extra = None
+    found = {}
+    for r in conn.execute(stmt, {"digests": sorted(set(files.values()))}):
+        found[r.digest] = BlobRow(r.id, r.digest, r.size, r.parsed)
+        extra = r[4] if also is not None else None
+    return _every_path(files, found), extra
+
+
+@functools.cache
+def _with_column(stmt: Select[Any], column: ColumnElement[Any]) -> Select[Any]:
+    # Cached per (statement, column): both are built once by their modules.
+    return stmt.add_columns(column)
 
 
 def save_parsed(session: Session, rows: Iterable[BlobRow]) -> None:
@@ -182,8 +200,8 @@ def _every_path(files: dict[str, str], found: dict[str, _B]) -> dict[str, _B]:
 
 @functools.cache
 def _blobs_statement(dialect: str, *, rows: bool) -> Select[Any]:
-    """Built once per dialect and kind (the digests bound at execution): constructing the
-    statement cost more Python than running it, on every push."""
+    """Built once per dialect (``""``: unlocked) and kind (the digests bound at execution):
+    constructing the statement cost more Python than running it, on every push."""
     stmt: Select[Any] = (
         select(Blob.id, Blob.digest, Blob.size, Blob.parsed) if rows
         else select(Blob).options(undefer(Blob.parsed))

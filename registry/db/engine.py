@@ -169,6 +169,32 @@ def session_scope(factory: sessionmaker[Session]) -> Iterator[Session]:
     end_session(session, commit=True)
 
 
+@contextmanager
+def write_scope(factory: sessionmaker[Session], *, one_statement: bool) -> Iterator[Session]:
+    """``session_scope``, or, on PostgreSQL when the work writes everything it writes in one
+    statement (``one_statement``), a session outside any transaction: each statement commits
+    by itself (autocommit), so the work costs neither a BEGIN nor a COMMIT round trip. Such
+    work must not depend on locks held between statements; its one write either commits
+    whole or fails whole."""
+    engine = factory.kw["bind"]
+    if not one_statement or engine.dialect.name != "postgresql":
+        with session_scope(factory) as session:
+            yield session
+        return
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        session = factory(bind=conn)
+        try:
+            yield session
+            session.commit()  # nothing to commit: runs the after-commit hooks (wake-ups)
+        finally:
+            session.close()
+
+
+def autocommitting(session: Session) -> bool:
+    """Whether ``session`` came from ``write_scope(one_statement=True)`` on PostgreSQL."""
+    return session.connection().get_execution_options().get("isolation_level") == "AUTOCOMMIT"
+
+
 def end_session(session: Session, *, commit: bool) -> None:
     """Commit (rolled back if the commit fails) or roll back, then close: the end of a unit of
     work, here and in the API's async session dependency (which runs it on a thread)."""
