@@ -124,7 +124,7 @@ class LocalRegistry:
             version, created = adapters.create_version(
                 session, self.ctx.store, name=name, body=body, settings=self.ctx.settings
             )
-            return adapters.to_out(version), created
+            return version, created
 
     def get_version(self, name: str, version: int | None) -> VersionOut:
         with session_scope(self.ctx.sessions) as session:

@@ -151,7 +151,7 @@ def _create_version(ctx: RegistryContext, name: str, body: CreateVersionIn) -> t
             session, ctx.store, name=name, body=body, settings=ctx.settings
         )
         # Serialised here: FastAPI would validate the model again, on another thread hop.
-        data = service.to_out(version).model_dump_json().encode()
+        data = version.model_dump_json().encode()
     return created, data
 
 

@@ -9,7 +9,6 @@ from typing import Any
 
 from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session, selectinload
-from sqlalchemy.orm.attributes import set_committed_value
 
 from registry.adapters import writes
 from registry.adapters.queries import get_version
@@ -28,7 +27,7 @@ from registry.adapters.schemas import (
 from registry.base_models import queries as base_queries
 from registry.blobs.service import BlobFiles, blob_rows_for, save_parsed
 from registry.compat import service as compat
-from registry.compat.schemas import CompatibleBaseOut, VerdictOut
+from registry.compat.schemas import CompatibleBaseOut, LinkedVerdictOut, VerdictOut
 from registry.config import Settings
 from registry.db.base import utcnow
 from registry.db.dialect import insert_ignore
@@ -39,11 +38,9 @@ from registry.db.models import (
     AdapterVersion,
     Alias,
     BaseModelRow,
-    Blob,
     EvalScore,
     Export,
     Job,
-    VersionFile,
     VersionStatus,
 )
 from registry.errors import (
@@ -158,7 +155,7 @@ def writes_in_one_statement(body: CreateVersionIn) -> bool:
 
 def create_version(
     session: Session, store: BlobStore, *, name: str, body: CreateVersionIn, settings: Settings
-) -> tuple[AdapterVersion, bool]:
+) -> tuple[VersionOut, bool]:
     """Register a new version from files already in the blob store.
 
     Every static check runs before anything is written; the version, its files and the adapter
@@ -172,8 +169,8 @@ def create_version(
         settings: limits.
 
     Returns:
-        ``(version, created)``; ``created`` is False when an idempotency key matched an
-        existing version with the same content.
+        ``(version, created)``, the version as ``show`` answers it; ``created`` is False when
+        an idempotency key matched an existing version with the same content.
 
     Raises:
         InvalidName, InvalidInput, InvalidAdapter (and subclasses), BlobNotFound,
@@ -218,7 +215,7 @@ def create_version(
         ).one_or_none()
         if existing is not None:
             if _same_request(existing, digest, base, parent):
-                return existing, False
+                return to_out(existing), False
             raise IdempotencyConflict(
                 f"idempotency key {body.idempotency_key!r} was used for {name}:"
                 f"{existing.version} with different content"
@@ -298,27 +295,20 @@ def create_version(
 
     version.id, version.adapter_id, version.version = (written.version_id, written.adapter_id,
                                                        written.number)
-    adapter_row = Adapter(id=written.adapter_id, name=name, task_type=summary["task_type"])
-    version_files = []
-    for path in paths:
-        row = VersionFile(version_id=version.id, path=path, blob_id=files[path].id)
-        blob = files[path]
-        set_committed_value(row, "blob", Blob(id=blob.id, digest=blob.digest, size=blob.size))
-        version_files.append(row)
-    for verdict in verdicts:
-        verdict.adapter_version_id = version.id
-    validations: list[Job] = []
+    # A new version has nothing else yet: its answer is built from what is in memory (no
+    # query, and no ORM objects for its files, adapter and job: they cost a push more than
+    # the answer's JSON).
+    validation = None
     if job is not None:
         assert written.job_id is not None
-        job.id, job.adapter_version_id = written.job_id, version.id
-        set_committed_value(job, "base_model", base)
-        validations.append(job)
-    # A new version has nothing else yet: the version object needs no further query.
-    for attr, value in (("adapter", adapter_row), ("base_model", base), ("parent", parent),
-                        ("files", version_files), ("verdicts", verdicts), ("exports", []),
-                        ("scores", []), ("aliases", []), ("validations", validations)):
-        set_committed_value(version, attr, value)
-    return version, True
+        job.id = written.job_id
+        validation = _validation_out(job, base)
+    return _version_out(
+        version, name=name, base=base,
+        parent=VersionRefOut(name=parent.adapter.name, version=parent.version) if parent else None,
+        files=[FileOut(path=p, digest=files[p].digest, size=files[p].size) for p in paths],
+        compatibility=compat.verdict_out(linked) if linked is not None else None,
+        exports=[], scores=[], aliases=[], validation=validation), True
 
 
 def list_adapters(session: Session) -> list[AdapterOut]:
@@ -358,20 +348,37 @@ def tensor_manifest(session: Session, *, name: str, version: int) -> dict[str, d
 
 
 def to_out(v: AdapterVersion) -> VersionOut:
+    """A version as ``show --json`` prints it, from the version and what was loaded with it."""
+    return _version_out(
+        v, name=v.adapter.name, base=v.base_model, parent=_parent_ref(v),
+        files=[FileOut(path=f.path, digest=f.blob.digest, size=f.blob.size) for f in v.files],
+        compatibility=compat.linked_verdict(v), exports=_exports(v), scores=_latest_scores(v),
+        aliases=[a.name for a in v.aliases],
+        validation=(_validation_out(v.validations[-1], v.validations[-1].base_model)
+                    if v.validations else None))
+
+
+def _version_out(v: AdapterVersion, *, name: str, base: BaseModelRow | None,
+                 parent: VersionRefOut | None, files: list[FileOut],
+                 compatibility: LinkedVerdictOut | None, exports: list[ExportSummaryOut],
+                 scores: list[ScoreOut], aliases: list[str],
+                 validation: LastValidationOut | None) -> VersionOut:
+    """The answer from the version's own columns and its related rows, given: loaded ones
+    (``to_out``), or a new version's, from memory (``create_version``)."""
     return VersionOut(
-        name=v.adapter.name,
+        name=name,
         version=v.version,
-        ref=f"{v.adapter.name}:{v.version}",
+        ref=f"{name}:{v.version}",
         status=v.status.value,
         peft_type=v.peft_type,
         task_type=v.task_type,
         r=v.r,
         lora_alpha=v.lora_alpha,
         target_modules=v.target_modules,
-        base_model=v.base_model.name if v.base_model else None,
-        base_model_revision=v.base_model.revision if v.base_model else None,
+        base_model=base.name if base else None,
+        base_model_revision=base.revision if base else None,
         declared_base_model=v.declared_base_model,
-        parent=_parent_ref(v),
+        parent=parent,
         metadata=v.meta,
         git_commit=v.git_commit,
         ci_run_url=v.ci_run_url,
@@ -381,26 +388,23 @@ def to_out(v: AdapterVersion) -> VersionOut:
         tensor_count=v.tensor_count,
         created_at=v.created_at,
         created_by=v.created_by,
-        files=[FileOut(path=f.path, digest=f.blob.digest, size=f.blob.size) for f in v.files],
+        files=files,
         adapter_config=v.adapter_config,
-        compatibility=compat.linked_verdict(v),
-        exports=_exports(v),
-        scores=_latest_scores(v),
-        aliases=[a.name for a in v.aliases],
-        validation=_last_validation(v),
+        compatibility=compatibility,
+        exports=exports,
+        scores=scores,
+        aliases=aliases,
+        validation=validation,
     )
 
 
-def _last_validation(v: AdapterVersion) -> LastValidationOut | None:
-    if not v.validations:
-        return None
-    job: Job = v.validations[-1]
+def _validation_out(job: Job, base: BaseModelRow | None) -> LastValidationOut:
     result = job.result or {}
     timings = result.get("timings")
     return LastValidationOut(
         job=job.id, status=job.status.value, verdict=result.get("verdict"),
-        base=job.base_model.name if job.base_model else None,
-        base_revision=job.base_model.revision if job.base_model else None,
+        base=base.name if base else None,
+        base_revision=base.revision if base else None,
         reasons=[str(r) for r in result.get("reasons", [])] or ([job.error] if job.error else []),
         device=result.get("device"), dtype=result.get("dtype"),
         gpu_name=result.get("gpu_name"),

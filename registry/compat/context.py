@@ -100,8 +100,8 @@ class CheckContext:
         self.raw: dict[str, Any] = config.raw
         self.parts = parts
         self.base = base
-        self.params: dict[str, Shape] = {n: tuple(i.shape) for n, i in base.tensors.items()}
-        self.owners: set[str] = {n.rpartition(".")[0] for n in base.tensors}
+        self.params: dict[str, Shape] = base.shapes  # read only
+        self.owners: frozenset[str] = base.owners
         self.map: PrefixMap = align(parts.paths(), base.tensors)
         self.reasons: list[Finding] = []
         self.warnings: list[Finding] = []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections.abc import Mapping
@@ -72,6 +73,18 @@ class BaseManifest:
             raise ValueError(
                 f"fingerprint {self.fingerprint!r} does not match the tensor manifest ({computed})"
             )
+
+    # Computed once per manifest (compat keeps a base's manifest per process, and every
+    # push checks against it): a 7B base has ~300 tensors to walk.
+    @functools.cached_property
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        """Every tensor's shape, by name."""
+        return {n: tuple(i.shape) for n, i in self.tensors.items()}
+
+    @functools.cached_property
+    def owners(self) -> frozenset[str]:
+        """Every module that owns a tensor (a tensor's name without its last part)."""
+        return frozenset(n.rpartition(".")[0] for n in self.tensors)
 
     def to_json(self) -> dict[str, Any]:
         """The JSON-ready form; tensors sorted by name."""

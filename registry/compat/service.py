@@ -267,6 +267,10 @@ def linked_verdict(version: AdapterVersion) -> LinkedVerdictOut | None:
     """The stored verdict against the version's linked base (loaded with the version)."""
     for verdict in version.verdicts:
         if verdict.base_model_id == version.base_model_id:
-            return LinkedVerdictOut(compatible=verdict.compatible, reasons=verdict.reasons,
-                                    warnings=verdict.warnings, serving=verdict.serving)
+            return verdict_out(verdict)
     return None
+
+
+def verdict_out(verdict: Compatibility) -> LinkedVerdictOut:
+    return LinkedVerdictOut(compatible=verdict.compatible, reasons=verdict.reasons,
+                            warnings=verdict.warnings, serving=verdict.serving)

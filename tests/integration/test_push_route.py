@@ -18,8 +18,10 @@ from fastapi.testclient import TestClient
 
 from registry.api.app import create_app
 from registry.auth import service as tokens
+from registry.clientside.transfer import register_base_dir
 from registry.context import RegistryContext
 from registry.db.engine import session_scope
+from registry.local import LocalRegistry
 from tests.integration.helpers import digest_of, read_dir
 
 PUSH = "/api/v1/adapters/{name}/versions"
@@ -171,3 +173,31 @@ def put_blob_with(client: TestClient, token: str, data: bytes) -> Any:
     return client.put(f"/api/v1/blobs/{digest_of(data)}", content=data,
                       headers={"Authorization": f"Bearer {token}"})
 
+
+
+def test_a_push_answers_what_show_answers(clients, context, adapters_dir, base_dirs):
+    """The push builds its answer from memory, ``show`` from the stored rows: the same JSON,
+    with a linked base (its verdict, the queued validation) and a parent."""
+    local = LocalRegistry(context.settings)  # the same database and store
+    try:
+        register_base_dir(local, name="tiny-llama", directory=base_dirs["llama"],
+                          settings=context.settings)
+    finally:
+        local.close()
+    hot, plain = clients
+    files = _files(clients, adapters_dir["lora"])
+    first = hot.post(PUSH.format(name="team/bot"), json={
+        "files": files, "base_model": "tiny-llama", "metadata": {"k": "v"},
+        "created_by": "ci", "git_commit": "abcdef1"})
+    assert first.status_code == 201, first.text
+    answer = first.json()
+    assert answer["compatibility"]["compatible"] is True
+    assert answer["validation"]["status"] == "queued"
+    assert answer["validation"]["base"] == "tiny-llama"
+    assert hot.get("/api/v1/adapters/team/bot/versions/1").json() == answer
+    child = plain.post(PUSH.format(name="team/bot"), json={
+        "files": _files(clients, adapters_dir["lora_v2"]), "base_model": "tiny-llama",
+        "parent": "team/bot:1"})
+    assert child.status_code == 201, child.text
+    assert child.json()["parent"] == {"name": "team/bot", "version": 1}
+    assert hot.get("/api/v1/adapters/team/bot/versions/2").json() == child.json()
