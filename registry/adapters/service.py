@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session, selectinload
 
-from registry.adapters import writes
+from registry.adapters import reads, writes
 from registry.adapters.queries import get_version
 from registry.adapters.schemas import (
     AdapterOut,
@@ -25,7 +25,7 @@ from registry.adapters.schemas import (
     VersionRefOut,
 )
 from registry.base_models import queries as base_queries
-from registry.blobs.service import BlobFiles, blob_rows_for, save_parsed
+from registry.blobs.service import BlobFiles, BlobRow, blob_rows_for, save_parsed
 from registry.compat import service as compat
 from registry.compat.schemas import CompatibleBaseOut, LinkedVerdictOut, VerdictOut
 from registry.config import Settings
@@ -178,30 +178,56 @@ def create_version(
     """
     validate_name(name)
     _check_request(body, settings)
-    digest = manifest_digest(body.files)
+    conn = session.connection()
+    # Outside a transaction (write_scope, PostgreSQL) the rows are read unlocked: the write
+    # statement locks them and fails whole if one has gone since (writes.BlobsGone); what
+    # was read may then be kept for the next push (registry.adapters.reads).
+    kept = (reads.kept_for(conn.engine)
+            if conn.dialect.name == "postgresql" and autocommitting(session) else None)
+    if kept is not None and (guess := kept.get(body.files)) is not None:
+        try:
+            return _create_version(session, store, name=name, body=body, settings=settings,
+                                   kept=None, guess=guess)
+        except writes.BlobsGone:
+            kept.forget()  # something changed since: read afresh, once
+    return _create_version(session, store, name=name, body=body, settings=settings, kept=kept,
+                           guess=None)
 
+
+def _create_version(session: Session, store: BlobStore, *, name: str, body: CreateVersionIn,
+                    settings: Settings, kept: reads.KeptReads | None,
+                    guess: tuple[dict[str, BlobRow], str, list[BaseModelRow]] | None,
+                    ) -> tuple[VersionOut, bool]:
+    """``create_version`` once its request is checked: from what ``guess`` says was read
+    before (kept), or reading it (and keeping it in ``kept``)."""
+    digest = manifest_digest(body.files)
     postgresql = session.get_bind().dialect.name == "postgresql"
-    # Outside a transaction (write_scope) the rows are read unlocked: the write statement
-    # locks them and fails whole if one has gone since (writes.BlobsGone).
     unlocked = postgresql and autocommitting(session)
-    # On PostgreSQL the registered bases come with the blob rows (one round trip).
-    files, bases_json = blob_rows_for(
-        session, body.files, lock=not unlocked,
-        also=base_queries.bases_json_column() if postgresql else None)
+    bases: Sequence[BaseModelRow]
+    if guess is not None:
+        files, bases_json, bases = guess
+    else:
+        # On PostgreSQL the registered bases come with the blob rows (one round trip).
+        files, bases_json = blob_rows_for(
+            session, body.files, lock=not unlocked,
+            also=base_queries.bases_json_column() if postgresql else None)
     inspection = inspect_adapter(
         sorted(files), BlobFiles(store, files), limits=settings.adapter_limits()
     )
-    # What a blob's first use parsed, kept with it (outside a transaction: committed now,
-    # whatever becomes of the push; it describes the blob's content, which never changes).
-    save_parsed(session, files.values())
+    if guess is None:
+        # What a blob's first use parsed, kept with it (outside a transaction: committed now,
+        # whatever becomes of the push; it describes the blob's content, which never changes).
+        save_parsed(session, files.values())
+        # One query for every base: the link, the declared base and the verdicts all use it.
+        bases = (base_queries.bases_from_json(bases_json) if postgresql
+                 else base_queries.bases_for_push(session))
+        if not compat.manifests_kept(bases):
+            # A base this process has not parsed yet: load them whole (manifests kept after).
+            bases = base_queries.list_bases(session, with_files=False)
+        elif kept is not None:
+            kept.keep(files.values(), bases_json, list(bases))
     summary = inspection.summary()
     parent = _resolve_parent(session, body.parent)
-    # One query for every base: the link, the declared base and the verdicts all use it.
-    bases: Sequence[BaseModelRow] = (base_queries.bases_from_json(bases_json) if postgresql
-                                     else base_queries.bases_for_push(session))
-    if not compat.manifests_kept(bases):
-        # A base this process has not parsed yet: load them whole (manifests kept after).
-        bases = base_queries.list_bases(session, with_files=False)
     base = _resolve_base(session, body.base_model, summary["base_model_name_or_path"], bases)
 
     if body.idempotency_key is not None:
@@ -265,12 +291,13 @@ def create_version(
                       "base_model": base.name if base else None,
                       "parent": body.parent, "content_digest": digest},
         "event_type": event_types.VERSION_CREATED, "event_adapter": name,
-        "blob_count": len({b.id for b in files.values()}),
+        "blob_count": len({b.id for b in files.values()}), "bases_json": bases_json,
     }
     for column in writes.VERSION_COLUMNS:
         params[f"v_{column}"] = getattr(version, "meta" if column == "metadata" else column)
     for i, path in enumerate(paths):
         params[f"f{i}_path"], params[f"f{i}_blob_id"] = path, files[path].id
+        params[f"f{i}_digest"] = files[path].digest
     for i, verdict in enumerate(verdicts):
         for column in writes.VERDICT_COLUMNS:
             params[f"c{i}_{column}"] = getattr(verdict, column)
@@ -288,10 +315,12 @@ def create_version(
             files=len(paths), verdicts=len(verdicts), job=job is not None,
             deliver=event_types.VERSION_CREATED in event_types.DELIVERABLE), params=params)
     except writes.BlobsGone:
+        if guess is not None:
+            raise  # create_version reads afresh and tries again
         if unlocked:
             blob_rows_for(session, body.files, lock=False)  # BlobNotFound names the file
-        raise Conflict(f"a blob of {name} was being garbage-collected while it was pushed; "
-                       "upload the files again and push again") from None
+        raise Conflict(f"a blob of {name} was being garbage-collected, or a base model "
+                       "registered, while it was pushed; push again") from None
 
     version.id, version.adapter_id, version.version = (written.version_id, written.adapter_id,
                                                        written.number)

@@ -38,12 +38,15 @@ from sqlalchemy import (
     literal,
     null,
     select,
+    tuple_,
     union_all,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
+from sqlalchemy.types import Text
 
+from registry.base_models.queries import bases_json_column
 from registry.db.enums import BlobState
 from registry.db.models import (
     Adapter,
@@ -118,12 +121,16 @@ def _upsert(dialect: str, files: int = 0) -> Insert:
         # nothing (BlobsGone). A push outside a transaction read its blob rows unlocked;
         # this is where it holds them until the rows that reference them are committed.
         present = (select(B.c.id).where(
-            B.c.id.in_([_bound(F, "blob_id", f"f{i}_blob_id") for i in range(files)]),
+            tuple_(B.c.id, B.c.digest).in_([
+                tuple_(_bound(F, "blob_id", f"f{i}_blob_id"), _bound(B, "digest", f"f{i}_digest"))
+                for i in range(files)]),
             B.c.state == BlobState.present).with_for_update(read=True, key_share=True)
             .subquery())
         held = select(func.count()).select_from(present).scalar_subquery()
         ins = module.insert(A).from_select(list(values), select(*values.values()).where(
-            held == bindparam("blob_count", type_=A.c.version_counter.type)))
+            held == bindparam("blob_count", type_=A.c.version_counter.type),
+            # And the registered bases are those the verdicts were computed against.
+            bases_json_column() == bindparam("bases_json", type_=Text())))
     else:
         ins = module.insert(A).values(**values)
     upsert: Insert = ins.on_conflict_do_update(
@@ -207,18 +214,21 @@ def _sqlite_statements(shape: Shape) -> tuple[Insert, dict[str, Insert]]:
 
 
 class BlobsGone(Exception):
-    """A blob the version references was not present when the write locked it (collected
-    since the push read it): nothing was written."""
+    """What the push read changed before its write: a blob it references is no longer
+    present (collected since), or the registered bases are not those its verdicts were
+    computed against. Nothing was written."""
 
 
 def write_version(session: Session, *, shape: Shape, params: Mapping[str, Any]) -> Written:
     """Run the push's inserts, every value bound from ``params`` (keys as the statements
     name them: ``v_*`` version columns, ``f{i}_*`` files, ``c{i}_*`` verdicts, ``e_*`` the
-    event, ``j_*`` the job, ``now``, ``adapter_*`` and ``blob_count``, the number of distinct
-    blobs); the caller's transaction commits them (or, outside one, the statement itself).
+    event, ``j_*`` the job, ``now``, ``adapter_*``; on PostgreSQL also ``f{i}_digest``,
+    ``blob_count``, the number of distinct blobs, and ``bases_json``, the registered bases as
+    the push read them, ``bases_json_column``); the caller's transaction commits them (or,
+    outside one, the statement itself).
 
     Raises:
-        BlobsGone: PostgreSQL: a referenced blob is no longer present.
+        BlobsGone: PostgreSQL: a referenced blob is no longer present, or the bases changed.
     """
     # Core statements on the session's connection: session.execute would first look for ORM
     # entities in them (measurable at this rate).

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import functools
+import json
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, func, literal_column, select
+from sqlalchemy import ColumnElement, Select, Text, cast, func, literal_column, select
 from sqlalchemy.dialects.postgresql import aggregate_order_by
 from sqlalchemy.orm import Session, defer, selectinload
 
@@ -93,19 +94,20 @@ def bases_for_push(session: Session) -> list[BaseModelRow]:
 
 
 @functools.cache
-def bases_json_column() -> ColumnElement[Any]:
-    """PostgreSQL: ``bases_for_push``'s rows as one JSON array, a scalar subquery a push reads
-    with its blob rows (one round trip for both); ``bases_from_json`` reads it back."""
+def bases_json_column() -> ColumnElement[str]:
+    """PostgreSQL: ``bases_for_push``'s rows as the text of one JSON array, a scalar subquery
+    a push reads with its blob rows (one round trip for both) and compares again in its write
+    (the same text: no base registered or changed since); ``bases_from_json`` reads it."""
     t = BaseModelRow.__table__
-    return (select(func.coalesce(func.json_agg(aggregate_order_by(
+    return (select(cast(func.coalesce(func.json_agg(aggregate_order_by(
                 func.json_build_array(*(t.c[c] for c in _PUSH_COLUMNS)),
-                t.c.name, t.c.created_at)), literal_column("'[]'::json")))
+                t.c.name, t.c.created_at, t.c.id)), literal_column("'[]'::json")), Text))
             .where(_REGISTERED).scalar_subquery())
 
 
-def bases_from_json(value: list[list[Any]]) -> list[BaseModelRow]:
+def bases_from_json(text: str) -> list[BaseModelRow]:
     bases = []
-    for row in value:
+    for row in json.loads(text):
         cols = dict(zip(_PUSH_COLUMNS, row, strict=True))
         cols["created_at"] = datetime.fromisoformat(cols["created_at"]).astimezone(UTC)
         bases.append(BaseModelRow(**cols))

@@ -11,12 +11,23 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from sqlalchemy import event, func, select, update
+from sqlalchemy import delete, event, func, select, update
 
+from registry.adapters import reads
 from registry.adapters.schemas import CreateVersionIn
 from registry.blobs.service import store_file
+from registry.clientside.transfer import register_base_dir
 from registry.db.engine import session_scope
-from registry.db.models import Adapter, AdapterVersion, Blob, BlobState, Event, VersionFile
+from registry.db.models import (
+    Adapter,
+    AdapterVersion,
+    BaseModelRow,
+    Blob,
+    BlobState,
+    Compatibility,
+    Event,
+    VersionFile,
+)
 from registry.errors import BlobNotFound
 from registry.local import LocalRegistry
 from tests.integration.helpers import digest_of, read_dir
@@ -75,3 +86,63 @@ def test_a_blob_collected_between_read_and_write_leaves_nothing_behind(registry,
         event.remove(registry.ctx.engine, "before_cursor_execute", collect_first)
     # No version, file, event, nor a number taken.
     assert _counts(registry) == before
+
+
+def _verdict_bases(reg: LocalRegistry, name: str, number: int) -> set[int]:
+    with session_scope(reg.ctx.sessions) as s:
+        version_id = s.scalar(select(AdapterVersion.id).join(Adapter).where(
+            Adapter.name == name, AdapterVersion.version == number))
+        return set(s.scalars(select(Compatibility.base_model_id).where(
+            Compatibility.adapter_version_id == version_id)))
+
+
+def test_a_base_registered_elsewhere_since_the_last_push_gets_its_verdict(
+        registry, settings, adapters_dir, base_dirs):
+    """The second push starts from what the first one read (kept): its write finds the bases
+    changed (another replica registered one), writes nothing, and the push reads again."""
+    register_base_dir(registry, name="tiny-llama", directory=base_dirs["llama"],
+                      settings=settings)
+    files = _upload(registry, adapters_dir["lora"])
+    for _ in range(2):  # the first parses the base's manifest, the second keeps its reads
+        registry.create_version("team/bot", CreateVersionIn(files=files,
+                                                            base_model="tiny-llama"))
+    assert reads.kept_for(registry.ctx.engine).get(files) is not None
+    other = LocalRegistry(settings)  # another process's engine: nothing kept in common
+    try:
+        register_base_dir(other, name="tiny-gpt2", directory=base_dirs["gpt2"],
+                          settings=settings)
+    finally:
+        other.ctx.close()
+    third, _ = registry.create_version("team/bot", CreateVersionIn(files=files,
+                                                                    base_model="tiny-llama"))
+    assert third.version == 3  # no number lost to the write that wrote nothing
+    with session_scope(registry.ctx.sessions) as s:
+        every_base = set(s.scalars(select(BaseModelRow.id)))
+    assert len(every_base) == 2
+    assert _verdict_bases(registry, "team/bot", 2) < every_base
+    assert _verdict_bases(registry, "team/bot", 3) == every_base
+
+
+def test_a_blob_collected_and_uploaded_again_is_found_under_its_new_row(registry,
+                                                                         adapters_dir):
+    """A kept blob row whose blob was collected and uploaded again (a new row, a new id) is
+    not taken for the new one: the write checks id and digest, and the push reads again."""
+    files = _upload(registry, adapters_dir["lora"])
+    registry.create_version("team/bot", CreateVersionIn(files=files))
+    assert reads.kept_for(registry.ctx.engine).get(files) is not None
+    victim = files["adapter_model.safetensors"]
+    with session_scope(registry.ctx.sessions) as s:
+        old_id = s.scalar(select(Blob.id).where(Blob.digest == victim))
+        # What gc leaves once it is done with a blob no version references: no row. (The
+        # version above references it, so its file row goes first, as if it never existed.)
+        s.execute(delete(VersionFile).where(VersionFile.blob_id == old_id))
+        s.execute(delete(Blob).where(Blob.id == old_id))
+    _upload(registry, adapters_dir["lora"])  # the same digest, a new row
+    with session_scope(registry.ctx.sessions) as s:
+        new_id = s.scalar(select(Blob.id).where(Blob.digest == victim))
+    assert new_id != old_id
+    second, created = registry.create_version("team/bot", CreateVersionIn(files=files))
+    assert created and second.version == 2
+    with session_scope(registry.ctx.sessions) as s:
+        assert s.scalar(select(func.count()).select_from(VersionFile).where(
+            VersionFile.blob_id == new_id)) == 1

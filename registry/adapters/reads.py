@@ -1,0 +1,78 @@
+"""What a push reads before its write, kept per database so the next push can skip the read.
+
+A push on PostgreSQL outside a transaction reads its blob rows and the registered bases, then
+writes in one statement that checks both again (``registry.adapters.writes``): every blob row
+``(id, digest)`` present and locked, and the bases exactly as read (the text of the same JSON
+expression). So what was read may be kept: a push whose blobs and bases are all kept skips the
+read (one round trip instead of two), and if anything changed since, its write writes nothing
+(``BlobsGone``) and the push reads afresh and tries once more. Nothing here is trusted without
+that check: a kept row is only a guess the write verifies.
+
+Blob rows are kept by digest (with what was parsed from the content, which never changes), at
+most ``KEPT_BLOBS`` per database, the oldest dropped first.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from sqlalchemy import Engine
+
+from registry.blobs.service import BlobRow
+from registry.db.models import BaseModelRow
+
+KEPT_BLOBS = 4096
+
+
+@dataclass
+class KeptReads:
+    blobs: OrderedDict[str, BlobRow] = field(default_factory=OrderedDict)
+    bases: tuple[str, list[BaseModelRow]] | None = None  # (the JSON text, transient rows)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def get(self, files: Mapping[str, str]) -> tuple[dict[str, BlobRow], str,
+                                                    list[BaseModelRow]] | None:
+        """The blob row of every file and the bases, when all are kept; else None."""
+        with self.lock:
+            if self.bases is None:
+                return None
+            rows = {}
+            for path, digest in files.items():
+                row = self.blobs.get(digest)
+                if row is None or row.changed:
+                    return None
+                rows[path] = row
+            return rows, self.bases[0], self.bases[1]
+
+    def keep(self, rows: Iterable[BlobRow], bases_json: str,
+             bases: list[BaseModelRow]) -> None:
+        """Keep what a push read (after its parse cache was saved) and the bases it used
+        (transient objects only: nothing bound to a session)."""
+        with self.lock:
+            for row in rows:
+                self.blobs[row.digest] = row
+                self.blobs.move_to_end(row.digest)
+            while len(self.blobs) > KEPT_BLOBS:
+                self.blobs.popitem(last=False)
+            self.bases = (bases_json, bases)
+
+    def forget(self) -> None:
+        with self.lock:
+            self.blobs.clear()
+            self.bases = None
+
+
+_kept: weakref.WeakKeyDictionary[Engine, KeptReads] = weakref.WeakKeyDictionary()
+_kept_lock = threading.Lock()
+
+
+def kept_for(engine: Engine) -> KeptReads:
+    with _kept_lock:
+        kept = _kept.get(engine)
+        if kept is None:
+            kept = _kept[engine] = KeptReads()
+        return kept
