@@ -67,6 +67,8 @@ MLFLOW_VENV = REPO / "bench" / ".mlflow-venv"
 MLFLOW_SPEC = os.environ.get("MLFLOW_SPEC", "mlflow==3.17.2")
 NAME = "bench-adapter"
 WARMUP_NAME = "bench-warmup"
+FRESH_NAME = "bench-fresh"
+WEIGHTS = "adapter_model.safetensors"
 ALIAS = "production"
 
 
@@ -226,6 +228,22 @@ def alternate(count: int, per_round: int, ours: Callable[[int], None],
     return a, b
 
 
+def _fresh_weights(weights: Path, directory: Path, count: int) -> list[tuple[str, Path]]:
+    """``count`` copies of a safetensors file, each with other tensor bytes (the last 4 of its
+    data region; the header unchanged), and their digests."""
+    data = weights.read_bytes()
+    start = 8 + int.from_bytes(data[:8], "little")
+    assert len(data) - start >= 4, "no tensor data to vary"
+    directory.mkdir(parents=True, exist_ok=True)
+    out = []
+    for i in range(count):
+        variant = data[:-4] + (0x7F000000 + i).to_bytes(4, "little")
+        path = directory / f"{i:05d}.safetensors"
+        path.write_bytes(variant)
+        out.append(("sha256:" + hashlib.sha256(variant).hexdigest(), path))
+    return out
+
+
 def _metadata(i: int) -> dict[str, str]:
     return {"run_id": f"bench-{i:05d}", "step": str(1000 * i), "lr": f"{1e-4 * (1 + i % 7):.1e}",
             "dataset": f"shard-{i % 13}"}
@@ -248,7 +266,7 @@ def _py_spy_summary(raw: Path, top: int = 25) -> list[str]:
 
 
 def run(count: int, resolves: int, moves: int, per_round: int, py_spy: str | None,
-        warmup: int = 50) -> dict[str, Any]:
+        warmup: int = 50, fresh_count: int = 300) -> dict[str, Any]:
     load_at_start = [round(x, 2) for x in os.getloadavg()]
     exe = ensure_mlflow()
     root = Path(tempfile.mkdtemp(prefix="adapter-registry-bench-lifecycle-"))
@@ -311,6 +329,32 @@ def run(count: int, resolves: int, moves: int, per_round: int, py_spy: str | Non
                 assert v["version"] == count, v
                 assert base_dir is None or v["compatibility"]["compatible"], v
 
+                # (a') Each version with a weights file no version had before (uploaded
+                # untimed), as after a fresh training run: our server reads the blob rows and
+                # parses the new header from the store, where (a) found them kept.
+                if fresh_count:
+                    fresh = _fresh_weights(adapter / WEIGHTS, root / "fresh", fresh_count)
+                    uploader = HttpRegistry(ours.url)
+                    for digest, path in fresh:
+                        uploader.upload_blob(digest, path)
+                    uploader.close()
+                    _ok(b.post("/api/2.0/mlflow/registered-models/create",
+                               json={"name": FRESH_NAME}), 200)
+
+                    def ours_create_fresh(i: int) -> None:
+                        body = {"files": {**files, WEIGHTS: fresh[i][0]},
+                                "metadata": _metadata(i), "created_by": "bench"}
+                        if base_dir is not None:
+                            body["base_model"] = "tiny-llama"
+                        _ok(a.post(f"/api/v1/adapters/{FRESH_NAME}/versions", json=body), 201)
+
+                    print(f"(a') {fresh_count} creates of new files on each server ...",
+                          file=sys.stderr)
+                    ta, tb = alternate(fresh_count, per_round, ours_create_fresh,
+                                       lambda i: mlflow_create(i, FRESH_NAME))
+                    results["register_fresh_files"] = {"ours": ta.summary(),
+                                                       "mlflow": tb.summary()}
+
                 # The alias exists on both; (b) resolves it, (c) moves it over every version.
                 _ok(a.put(f"/api/v1/adapters/{NAME}/aliases/{ALIAS}",
                           json={"version": 1, "actor": "bench"}), 200)
@@ -370,6 +414,10 @@ def run(count: int, resolves: int, moves: int, per_round: int, py_spy: str | Non
         "move_per_s_ours_over_mlflow": round(
             r["move"]["ours"]["ops_per_s"] / r["move"]["mlflow"]["ops_per_s"], 2),
     }
+    if "register_fresh_files" in r:  # reported, not a target: (a) is the issue's
+        fresh = r["register_fresh_files"]
+        ratios["register_fresh_files_versions_per_s_ours_over_mlflow"] = round(
+            fresh["ours"]["ops_per_s"] / fresh["mlflow"]["ops_per_s"], 2)
     targets = {
         "register >= 3x MLflow versions/s": ratios["register_versions_per_s_ours_over_mlflow"] >= 3,
         "resolve p50 <= 1/3 of MLflow's": ratios["resolve_p50_ours_over_mlflow"] <= 1 / 3,
@@ -379,7 +427,8 @@ def run(count: int, resolves: int, moves: int, per_round: int, py_spy: str | Non
     data = {
         "benchmark": "lifecycle",
         "machine": {**machine_info(), "load_average_at_start": load_at_start},
-        "parameters": {"count": count, "resolves": resolves, "moves": moves,
+        "parameters": {"count": count, "fresh_count": fresh_count, "resolves": resolves,
+                       "moves": moves,
                        "round": per_round, "warmup_creates": warmup, "adapter": made_with,
                        "mlflow": f"mlflow {mlflow_version(exe)} (mlflow server --workers 1, "
                                  "PostgreSQL via psycopg2, file artifact root)",
@@ -423,8 +472,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="untimed creates on each server first (another name)")
     p.add_argument("--py-spy", default=None, metavar="PATH",
                    help="py-spy executable: profile our server's creates too")
+    p.add_argument("--fresh", type=int, default=300, metavar="N",
+                   help="(a') creates whose weights file is new each time (0: skip)")
     args = p.parse_args(argv)
-    run(args.count, args.resolves, args.moves, args.round, args.py_spy, args.warmup)
+    run(args.count, args.resolves, args.moves, args.round, args.py_spy, args.warmup,
+        args.fresh)
     return 0
 
 

@@ -10,6 +10,10 @@ that check: a kept row is only a guess the write verifies.
 
 Blob rows are kept by digest (with what was parsed from the content, which never changes), at
 most ``KEPT_BLOBS`` per database, the oldest dropped first.
+
+What is computed from content alone is kept too, per process, by the content's digests: an
+adapter's inspection (``inspections``, keyed by its files' paths and digests and the limits),
+the same for every push of those files into any database.
 """
 
 from __future__ import annotations
@@ -19,13 +23,17 @@ import weakref
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 
 from sqlalchemy import Engine
 
 from registry.blobs.service import BlobRow
 from registry.db.models import BaseModelRow
+from registry.formats.adapter import AdapterInspection, Limits
 
 KEPT_BLOBS = 4096
+K = TypeVar("K")
+V = TypeVar("V")
 
 
 @dataclass
@@ -64,6 +72,40 @@ class KeptReads:
         with self.lock:
             self.blobs.clear()
             self.bases = None
+
+
+class Memo(Generic[K, V]):
+    """A bounded map of results computed from immutable content, by the content's key; the
+    oldest entry goes first. Values are shared between threads: never mutate one."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._values: OrderedDict[K, V] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: K) -> V | None:
+        with self._lock:
+            value = self._values.get(key)
+            if value is not None:
+                self._values.move_to_end(key)
+            return value
+
+    def put(self, key: K, value: V) -> None:
+        with self._lock:
+            self._values[key] = value
+            while len(self._values) > self._size:
+                self._values.popitem(last=False)
+
+
+# An adapter's files (path, digest), sorted, with the limits checked: what inspect_adapter
+# found. A push of files this process checked before (a retry, a second adapter or
+# environment, a re-push) reuses it.
+FilesKey = tuple[tuple[tuple[str, str], ...], Limits]
+inspections: Memo[FilesKey, AdapterInspection] = Memo(1024)
+
+
+def files_key(files: Mapping[str, BlobRow], limits: Limits) -> FilesKey:
+    return tuple(sorted((path, row.digest) for path, row in files.items())), limits
 
 
 _kept: weakref.WeakKeyDictionary[Engine, KeptReads] = weakref.WeakKeyDictionary()

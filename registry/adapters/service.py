@@ -211,9 +211,12 @@ def _create_version(session: Session, store: BlobStore, *, name: str, body: Crea
         files, bases_json = blob_rows_for(
             session, body.files, lock=not unlocked,
             also=base_queries.bases_json_column() if postgresql else None)
-    inspection = inspect_adapter(
-        sorted(files), BlobFiles(store, files), limits=settings.adapter_limits()
-    )
+    limits = settings.adapter_limits()
+    content = reads.files_key(files, limits)
+    inspection = reads.inspections.get(content)
+    if inspection is None:
+        inspection = inspect_adapter(sorted(files), BlobFiles(store, files), limits=limits)
+        reads.inspections.put(content, inspection)
     if guess is None:
         # What a blob's first use parsed, kept with it (outside a transaction: committed now,
         # whatever becomes of the push; it describes the blob's content, which never changes).
@@ -275,7 +278,7 @@ def _create_version(session: Session, store: BlobStore, *, name: str, body: Crea
     verdicts = compat.verdicts_for_new_version(session, version=version, bases=bases,
                                                find_base=lambda _s, n: _latest(bases, n),
                                                config=inspection.config,
-                                               tensors=inspection.tensors)
+                                               tensors=inspection.tensors, content=content)
     linked = next((c for c in verdicts if c.base_model_id == version.base_model_id), None)
     # In the version's own statement: a committed push always has its validation queued.
     validate = (settings.auto_validate and base is not None and linked is not None

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
@@ -117,33 +118,54 @@ def _store(session: Session, *, version: AdapterVersion, base: BaseModelRow,
     ).one()
 
 
+# A verdict is a function of the adapter's content and the base's manifest and names: kept
+# per process for a push of content this process checked before (its files' digests, given
+# by the caller as ``content``), as base manifests are. Bounded like them.
+VERDICTS_KEPT = 4096
+_kept_verdicts: OrderedDict[Hashable, Verdict] = OrderedDict()
+_verdicts_lock = threading.Lock()
+
+
 def _verdicts(pairs: Iterable[tuple[AdapterVersion, BaseModelRow]], find_base: FindBase,
               session: Session, *, config: AdapterConfig | None = None,
-              tensors: Mapping[str, TensorInfo] | None = None,
+              tensors: Mapping[str, TensorInfo] | None = None, content: Hashable = None,
               ) -> Iterator[tuple[AdapterVersion, BaseModelRow, Verdict]]:
     declared: dict[str, BaseModelRow | None] = {}
     for version, base in pairs:
         name = version.declared_base_model
         if name and name not in declared:
             declared[name] = find_base(session, name)
-        yield version, base, evaluate(version=version, base=base,
-                                      declared_base=declared.get(name) if name else None,
-                                      manifest=_manifest(base), config=config, tensors=tensors)
+        declared_base = declared.get(name) if name else None
+        key = None if content is None else (
+            content, base.content_id, base.revision, base.fingerprint, base.name, name,
+            declared_base.fingerprint if declared_base else None)
+        with _verdicts_lock:
+            verdict = _kept_verdicts.get(key) if key is not None else None
+        if verdict is None:
+            verdict = evaluate(version=version, base=base, declared_base=declared_base,
+                               manifest=_manifest(base), config=config, tensors=tensors)
+            if key is not None:
+                with _verdicts_lock:
+                    _kept_verdicts[key] = verdict
+                    while len(_kept_verdicts) > VERDICTS_KEPT:
+                        _kept_verdicts.popitem(last=False)
+        yield version, base, verdict
 
 
 def verdicts_for_new_version(session: Session, *, version: AdapterVersion,
                              bases: Sequence[BaseModelRow], find_base: FindBase,
                              config: AdapterConfig, tensors: Mapping[str, TensorInfo],
-                             ) -> list[Compatibility]:
+                             content: Hashable = None) -> list[Compatibility]:
     """The verdict rows of a version not written yet, against every registered base: built
     in memory (not added to the session) for the caller to insert with the version
     (registry.adapters.writes); ``adapter_version_id`` is set once the version has its id.
     ``config`` and ``tensors`` are the push's inspection (what the version's stored config and
-    manifest are made from)."""
+    manifest are made from); ``content`` identifies them (the files' digests: the same key,
+    the same config and tensors), so a verdict computed before for that content is reused."""
     now = utcnow()
     rows = []
     for _, base, verdict in _verdicts(((version, b) for b in bases), find_base, session,
-                                      config=config, tensors=tensors):
+                                      config=config, tensors=tensors, content=content):
         data = verdict.to_json()
         rows.append(Compatibility(base_model_id=base.id, compatible=verdict.compatible,
                                   method=METHOD_STATIC, reasons=data["reasons"],

@@ -201,3 +201,30 @@ def test_a_push_answers_what_show_answers(clients, context, adapters_dir, base_d
     assert child.status_code == 201, child.text
     assert child.json()["parent"] == {"name": "team/bot", "version": 1}
     assert hot.get("/api/v1/adapters/team/bot/versions/2").json() == child.json()
+
+
+def test_the_same_files_against_another_base_get_that_base_verdict(clients, context,
+                                                                   adapters_dir, base_dirs):
+    """A push of files checked before reuses their inspection and verdicts (kept by content),
+    but a verdict belongs to a base: the same files linked to another base get its own."""
+    local = LocalRegistry(context.settings)
+    try:
+        for name, kind in (("tiny-llama", "llama"), ("tiny-gpt2", "gpt2")):
+            register_base_dir(local, name=name, directory=base_dirs[kind],
+                              settings=context.settings)
+    finally:
+        local.close()
+    hot, _ = clients
+    files = _files(clients, adapters_dir["lora"])
+    answers = []
+    for base in ("tiny-llama", "tiny-llama", "tiny-gpt2", "tiny-llama"):
+        r = hot.post(PUSH.format(name="team/bot"), json={"files": files, "base_model": base})
+        assert r.status_code == 201, r.text
+        answers.append(r.json())
+    assert [a["compatibility"]["compatible"] for a in answers] == [True, True, False, True]
+    assert answers[2]["compatibility"]["reasons"]
+    assert answers[0]["compatibility"] == answers[1]["compatibility"] == answers[3][
+        "compatibility"]
+    # Every version has a verdict against each base, stored as computed the first time.
+    listed = hot.get("/api/v1/adapters/team/bot/versions/4/compat").json()
+    assert sorted(b["name"] for b in listed) == ["tiny-llama"]
