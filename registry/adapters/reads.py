@@ -11,9 +11,9 @@ that check: a kept row is only a guess the write verifies.
 Blob rows are kept by digest (with what was parsed from the content, which never changes), at
 most ``KEPT_BLOBS`` per database, the oldest dropped first.
 
-What is computed from content alone is kept too, per process, by the content's digests: an
-adapter's inspection (``inspections``, keyed by its files' paths and digests and the limits),
-the same for every push of those files into any database.
+An adapter's inspection is kept too, by its files' paths and digests and the limits
+(``KeptReads.inspections``): what the content says, which was parsed (and kept with the blob
+rows, ``blobs.parsed``) by the push that first used it in this database.
 """
 
 from __future__ import annotations
@@ -36,11 +36,42 @@ K = TypeVar("K")
 V = TypeVar("V")
 
 
+class Memo(Generic[K, V]):
+    """A bounded map of results computed from immutable content, by the content's key; the
+    oldest entry goes first. Values are shared between threads: never mutate one."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._values: OrderedDict[K, V] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: K) -> V | None:
+        with self._lock:
+            value = self._values.get(key)
+            if value is not None:
+                self._values.move_to_end(key)
+            return value
+
+    def put(self, key: K, value: V) -> None:
+        with self._lock:
+            self._values[key] = value
+            while len(self._values) > self._size:
+                self._values.popitem(last=False)
+
+
+# An adapter's files (path, digest), sorted, with the limits checked: what inspect_adapter
+# found for them. A push of files checked before (a retry, a second adapter or environment,
+# a re-push) reuses it.
+FilesKey = tuple[tuple[tuple[str, str], ...], Limits]
+
+
 @dataclass
 class KeptReads:
     blobs: OrderedDict[str, BlobRow] = field(default_factory=OrderedDict)
     bases: tuple[str, list[BaseModelRow]] | None = None  # (the JSON text, transient rows)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    inspections: Memo[FilesKey, AdapterInspection] = field(
+        default_factory=lambda: Memo(KEPT_BLOBS))
 
     def get(self, files: Mapping[str, str]) -> tuple[dict[str, BlobRow], str,
                                                     list[BaseModelRow]] | None:
@@ -72,36 +103,6 @@ class KeptReads:
         with self.lock:
             self.blobs.clear()
             self.bases = None
-
-
-class Memo(Generic[K, V]):
-    """A bounded map of results computed from immutable content, by the content's key; the
-    oldest entry goes first. Values are shared between threads: never mutate one."""
-
-    def __init__(self, size: int) -> None:
-        self._size = size
-        self._values: OrderedDict[K, V] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, key: K) -> V | None:
-        with self._lock:
-            value = self._values.get(key)
-            if value is not None:
-                self._values.move_to_end(key)
-            return value
-
-    def put(self, key: K, value: V) -> None:
-        with self._lock:
-            self._values[key] = value
-            while len(self._values) > self._size:
-                self._values.popitem(last=False)
-
-
-# An adapter's files (path, digest), sorted, with the limits checked: what inspect_adapter
-# found. A push of files this process checked before (a retry, a second adapter or
-# environment, a re-push) reuses it.
-FilesKey = tuple[tuple[tuple[str, str], ...], Limits]
-inspections: Memo[FilesKey, AdapterInspection] = Memo(1024)
 
 
 def files_key(files: Mapping[str, BlobRow], limits: Limits) -> FilesKey:

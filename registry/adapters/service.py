@@ -213,14 +213,16 @@ def _create_version(session: Session, store: BlobStore, *, name: str, body: Crea
             also=base_queries.bases_json_column() if postgresql else None)
     limits = settings.adapter_limits()
     content = reads.files_key(files, limits)
-    inspection = reads.inspections.get(content)
+    memo = (kept or reads.kept_for(session.connection().engine)) if unlocked else None
+    inspection = memo.inspections.get(content) if memo is not None else None
     if inspection is None:
         inspection = inspect_adapter(sorted(files), BlobFiles(store, files), limits=limits)
-        reads.inspections.put(content, inspection)
+        if memo is not None:
+            memo.inspections.put(content, inspection)
     if guess is None:
         # What a blob's first use parsed, kept with it (outside a transaction: committed now,
         # whatever becomes of the push; it describes the blob's content, which never changes).
-        save_parsed(session, files.values())
+        save_parsed(session, files.values(), wait_for_wal=not unlocked)
         # One query for every base: the link, the declared base and the verdicts all use it.
         bases = (base_queries.bases_from_json(bases_json) if postgresql
                  else base_queries.bases_for_push(session))

@@ -25,6 +25,7 @@ from sqlalchemy import (
     bindparam,
     delete,
     exists,
+    func,
     or_,
     select,
     true,
@@ -177,11 +178,21 @@ def _with_column(stmt: Select[Any], column: ColumnElement[Any]) -> Select[Any]:
     return stmt.add_columns(column)
 
 
-def save_parsed(session: Session, rows: Iterable[BlobRow]) -> None:
-    """Write what was parsed from ``rows`` since they were read (a blob's first use only)."""
+def save_parsed(session: Session, rows: Iterable[BlobRow], *, wait_for_wal: bool = True) -> None:
+    """Write what was parsed from ``rows`` since they were read (a blob's first use only).
+
+    Args:
+        wait_for_wal: False for a session outside a transaction on PostgreSQL (each statement
+            its own transaction): the statement's commit then does not wait for the WAL flush
+            (``synchronous_commit = off`` for that transaction only). A cache of what the
+            content says: a crash may lose it, and the next use parses the content again.
+    """
     for row in rows:
         if row.changed:
-            session.execute(update(Blob).where(Blob.id == row.id).values(parsed=row.parsed))
+            stmt = update(Blob).where(Blob.id == row.id)
+            if not wait_for_wal:
+                stmt = stmt.where(func.set_config("synchronous_commit", "off", True).is_not(None))
+            session.execute(stmt.values(parsed=row.parsed))
             row.changed = False
 
 

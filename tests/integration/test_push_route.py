@@ -9,18 +9,21 @@ matter, and for a created version every field but its number and time.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import select
 
 from registry.api.app import create_app
 from registry.auth import service as tokens
 from registry.clientside.transfer import register_base_dir
 from registry.context import RegistryContext
 from registry.db.engine import session_scope
+from registry.db.models import Blob
 from registry.local import LocalRegistry
 from tests.integration.helpers import digest_of, read_dir
 
@@ -228,3 +231,17 @@ def test_the_same_files_against_another_base_get_that_base_verdict(clients, cont
     # Every version has a verdict against each base, stored as computed the first time.
     listed = hot.get("/api/v1/adapters/team/bot/versions/4/compat").json()
     assert sorted(b["name"] for b in listed) == ["tiny-llama"]
+
+
+def test_a_push_keeps_what_it_parsed_with_the_blobs(clients, context, adapters_dir):
+    """The first push of a file keeps its parsed header (or its text) with the blob row
+    (``blobs.parsed``): on PostgreSQL by a statement of its own outside the version's write."""
+    files = _files(clients, adapters_dir["lora"])
+    hot, _ = clients
+    assert hot.post(PUSH.format(name="team/bot"), json={"files": files}).status_code == 201
+    with session_scope(context.sessions) as s:
+        parsed = {digest: s.scalar(select(Blob.parsed).where(Blob.digest == digest))
+                  for digest in files.values()}
+    weights = parsed[files["adapter_model.safetensors"]]
+    assert weights is not None and set(weights["safetensors"]["tensors"])
+    assert json.loads(parsed[files["adapter_config.json"]]["text"])["peft_type"] == "LORA"
