@@ -1,7 +1,7 @@
 """Registry operations against MLflow's model registry, side by side, in one run.
 
-    python -m bench.bench_lifecycle [--count 1000] [--resolves 2000] [--moves 1000] [--round 50]
-                                    [--warmup 50] [--py-spy PATH]
+    python -m bench.bench_lifecycle [--count 1000] [--fresh 300] [--resolves 2000]
+                                    [--moves 1000] [--round 50] [--warmup 50] [--py-spy PATH]
 
 Both servers run as subprocesses with one worker process each, on the same PostgreSQL cluster
 (one database each, created for the run and dropped after) and this machine; the clients are
@@ -14,6 +14,8 @@ Operations:
     server checks config and safetensors header, links the base, computes the compatibility
     verdict against the registered base, writes the version, its files and the event); MLflow
     ``POST /api/2.0/mlflow/model-versions/create`` with a source URI and 4 tags.
+(a') the same with a weights file no version had before, each time (``--fresh``; reported,
+    not a target): what a push after a fresh training run costs.
 (b) resolve an alias: ours ``GET /api/v1/adapters/{name}/aliases/{alias}`` (the full version
     object); MLflow ``GET /api/2.0/mlflow/registered-models/alias``.
 (c) move an alias: ours ``PUT /api/v1/adapters/{name}/aliases/{alias}`` (no policy: the two
