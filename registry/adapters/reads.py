@@ -31,7 +31,12 @@ from registry.blobs.service import BlobRow
 from registry.db.models import BaseModelRow
 from registry.formats.adapter import AdapterInspection, Limits
 
-KEPT_BLOBS = 4096
+# Bounds: a kept blob row holds its parsed header (for a LoRA of a 70B model, ~1,000 tensors,
+# a few hundred KB as objects) and an inspection the same again, so a handful of recent
+# adapters, not a history: enough for a push retried or sent to a second adapter or
+# environment.
+KEPT_BLOBS = 256
+KEPT_INSPECTIONS = 64
 K = TypeVar("K")
 V = TypeVar("V")
 
@@ -71,7 +76,7 @@ class KeptReads:
     bases: tuple[str, list[BaseModelRow]] | None = None  # (the JSON text, transient rows)
     lock: threading.Lock = field(default_factory=threading.Lock)
     inspections: Memo[FilesKey, AdapterInspection] = field(
-        default_factory=lambda: Memo(KEPT_BLOBS))
+        default_factory=lambda: Memo(KEPT_INSPECTIONS))
 
     def get(self, files: Mapping[str, str]) -> tuple[dict[str, BlobRow], str,
                                                     list[BaseModelRow]] | None:

@@ -121,7 +121,7 @@ def _store(session: Session, *, version: AdapterVersion, base: BaseModelRow,
 # A verdict is a function of the adapter's content and the base's manifest and names: kept
 # per process for a push of content this process checked before (its files' digests, given
 # by the caller as ``content``), as base manifests are. Bounded like them.
-VERDICTS_KEPT = 4096
+VERDICTS_KEPT = 256
 _kept_verdicts: OrderedDict[Hashable, Verdict] = OrderedDict()
 _verdicts_lock = threading.Lock()
 
