@@ -33,11 +33,15 @@ from registry.local import LocalRegistry
 from tests.integration.helpers import digest_of, read_dir
 
 
+# PostgreSQL only (the conftest's settings fixture, narrowed to that shape): the unlocked
+# read and the gated write are PostgreSQL's; on SQLite a push is one transaction, and one
+# writer runs at a time.
+pytestmark = pytest.mark.parametrize("settings", ["postgres-s3"], indirect=True)
+
+
 @pytest.fixture
 def registry(settings) -> Any:
-    if not settings.resolved_database_url.startswith("postgresql"):
-        pytest.skip("the unlocked read and the gated write are PostgreSQL's (SQLite: one "
-                    "transaction, one writer at a time)")
+    assert settings.resolved_database_url.startswith("postgresql")
     reg = LocalRegistry(settings)
     try:
         yield reg
