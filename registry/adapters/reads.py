@@ -5,7 +5,7 @@ writes in one statement that checks both again (``registry.adapters.writes``): e
 ``(id, digest)`` present and locked, and the bases exactly as read (the text of the same JSON
 expression). So what was read may be kept: a push whose blobs and bases are all kept skips the
 read (one round trip instead of two), and if anything changed since, its write writes nothing
-(``BlobsGone``) and the push reads afresh and tries once more. Nothing here is trusted without
+(``ReadChanged``) and the push reads afresh and tries once more. Nothing here is trusted without
 that check: a kept row is only a guess the write verifies.
 
 Blob rows are kept by digest (with what was parsed from the content, which never changes), at
@@ -20,16 +20,15 @@ from __future__ import annotations
 
 import threading
 import weakref
-from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
 
 from sqlalchemy import Engine
 
 from registry.blobs.service import BlobRow
 from registry.db.models import BaseModelRow
 from registry.formats.adapter import AdapterInspection, Limits
+from registry.memo import Memo
 
 # Bounds: a kept blob row holds its parsed header (for a LoRA of a 70B model, ~1,000 tensors,
 # a few hundred KB as objects) and an inspection the same again, so a handful of recent
@@ -37,31 +36,6 @@ from registry.formats.adapter import AdapterInspection, Limits
 # environment.
 KEPT_BLOBS = 256
 KEPT_INSPECTIONS = 64
-K = TypeVar("K")
-V = TypeVar("V")
-
-
-class Memo(Generic[K, V]):
-    """A bounded map of results computed from immutable content, by the content's key; the
-    oldest entry goes first. Values are shared between threads: never mutate one."""
-
-    def __init__(self, size: int) -> None:
-        self._size = size
-        self._values: OrderedDict[K, V] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, key: K) -> V | None:
-        with self._lock:
-            value = self._values.get(key)
-            if value is not None:
-                self._values.move_to_end(key)
-            return value
-
-    def put(self, key: K, value: V) -> None:
-        with self._lock:
-            self._values[key] = value
-            while len(self._values) > self._size:
-                self._values.popitem(last=False)
 
 
 # An adapter's files (path, digest), sorted, with the limits checked: what inspect_adapter
@@ -72,42 +46,37 @@ FilesKey = tuple[tuple[tuple[str, str], ...], Limits]
 
 @dataclass
 class KeptReads:
-    blobs: OrderedDict[str, BlobRow] = field(default_factory=OrderedDict)
+    blobs: Memo[str, BlobRow] = field(default_factory=lambda: Memo(KEPT_BLOBS))
     bases: tuple[str, list[BaseModelRow]] | None = None  # (the JSON text, transient rows)
-    lock: threading.Lock = field(default_factory=threading.Lock)
     inspections: Memo[FilesKey, AdapterInspection] = field(
         default_factory=lambda: Memo(KEPT_INSPECTIONS))
 
     def get(self, files: Mapping[str, str]) -> tuple[dict[str, BlobRow], str,
                                                     list[BaseModelRow]] | None:
-        """The blob row of every file and the bases, when all are kept; else None."""
-        with self.lock:
-            if self.bases is None:
+        """The blob row of every file and the bases, when all are kept; else None. (Kept
+        rows and bases need not be of one moment: the write checks them all.)"""
+        bases = self.bases
+        if bases is None:
+            return None
+        rows = {}
+        for path, digest in files.items():
+            row = self.blobs.get(digest)
+            if row is None or row.changed:
                 return None
-            rows = {}
-            for path, digest in files.items():
-                row = self.blobs.get(digest)
-                if row is None or row.changed:
-                    return None
-                rows[path] = row
-            return rows, self.bases[0], self.bases[1]
+            rows[path] = row
+        return rows, bases[0], bases[1]
 
     def keep(self, rows: Iterable[BlobRow], bases_json: str,
              bases: list[BaseModelRow]) -> None:
         """Keep what a push read (after its parse cache was saved) and the bases it used
         (transient objects only: nothing bound to a session)."""
-        with self.lock:
-            for row in rows:
-                self.blobs[row.digest] = row
-                self.blobs.move_to_end(row.digest)
-            while len(self.blobs) > KEPT_BLOBS:
-                self.blobs.popitem(last=False)
-            self.bases = (bases_json, bases)
+        for row in rows:
+            self.blobs.put(row.digest, row)
+        self.bases = (bases_json, bases)  # one reference, replaced whole
 
     def forget(self) -> None:
-        with self.lock:
-            self.blobs.clear()
-            self.bases = None
+        self.blobs.clear()
+        self.bases = None
 
 
 def files_key(files: Mapping[str, BlobRow], limits: Limits) -> FilesKey:

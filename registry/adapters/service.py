@@ -180,15 +180,15 @@ def create_version(
     _check_request(body, settings)
     conn = session.connection()
     # Outside a transaction (write_scope, PostgreSQL) the rows are read unlocked: the write
-    # statement locks them and fails whole if one has gone since (writes.BlobsGone); what
+    # statement locks them and fails whole if one has gone since (writes.ReadChanged); what
     # was read may then be kept for the next push (registry.adapters.reads).
     kept = (reads.kept_for(conn.engine)
             if conn.dialect.name == "postgresql" and autocommitting(session) else None)
     if kept is not None and (guess := kept.get(body.files)) is not None:
         try:
             return _create_version(session, store, name=name, body=body, settings=settings,
-                                   kept=None, guess=guess)
-        except writes.BlobsGone:
+                                   kept=kept, guess=guess)
+        except writes.ReadChanged:
             kept.forget()  # something changed since: read afresh, once
     return _create_version(session, store, name=name, body=body, settings=settings, kept=kept,
                            guess=None)
@@ -199,10 +199,11 @@ def _create_version(session: Session, store: BlobStore, *, name: str, body: Crea
                     guess: tuple[dict[str, BlobRow], str, list[BaseModelRow]] | None,
                     ) -> tuple[VersionOut, bool]:
     """``create_version`` once its request is checked: from what ``guess`` says was read
-    before (kept), or reading it (and keeping it in ``kept``)."""
+    before, or reading it. ``kept`` is given outside a transaction (PostgreSQL) only: the
+    read is then unlocked, and what it found is kept there."""
     digest = manifest_digest(body.files)
     postgresql = session.get_bind().dialect.name == "postgresql"
-    unlocked = postgresql and autocommitting(session)
+    unlocked = kept is not None
     bases: Sequence[BaseModelRow]
     if guess is not None:
         files, bases_json, bases = guess
@@ -213,12 +214,11 @@ def _create_version(session: Session, store: BlobStore, *, name: str, body: Crea
             also=base_queries.bases_json_column() if postgresql else None)
     limits = settings.adapter_limits()
     content = reads.files_key(files, limits)
-    memo = (kept or reads.kept_for(session.connection().engine)) if unlocked else None
-    inspection = memo.inspections.get(content) if memo is not None else None
+    inspection = kept.inspections.get(content) if kept is not None else None
     if inspection is None:
         inspection = inspect_adapter(sorted(files), BlobFiles(store, files), limits=limits)
-        if memo is not None:
-            memo.inspections.put(content, inspection)
+        if kept is not None:
+            kept.inspections.put(content, inspection)
     if guess is None:
         # What a blob's first use parsed, kept with it (outside a transaction: committed now,
         # whatever becomes of the push; it describes the blob's content, which never changes).
@@ -319,7 +319,7 @@ def _create_version(session: Session, store: BlobStore, *, name: str, body: Crea
         written = writes.write_version(session, shape=writes.Shape(
             files=len(paths), verdicts=len(verdicts), job=job is not None,
             deliver=event_types.VERSION_CREATED in event_types.DELIVERABLE), params=params)
-    except writes.BlobsGone:
+    except writes.ReadChanged:
         if guess is not None:
             raise  # create_version reads afresh and tries again
         if unlocked:

@@ -118,7 +118,7 @@ def _upsert(dialect: str, files: int = 0) -> Insert:
         # The gate: every blob the files reference locked (FOR KEY SHARE: gc's mark, FOR
         # UPDATE SKIP LOCKED, passes them by) and still present, or no adapter row comes out
         # and the version's insert fails on its NOT NULL adapter_id: the statement writes
-        # nothing (BlobsGone). A push outside a transaction read its blob rows unlocked;
+        # nothing (ReadChanged). A push outside a transaction read its blob rows unlocked;
         # this is where it holds them until the rows that reference them are committed.
         present = (select(B.c.id).where(
             tuple_(B.c.id, B.c.digest).in_([
@@ -213,7 +213,7 @@ def _sqlite_statements(shape: Shape) -> tuple[Insert, dict[str, Insert]]:
     return _upsert("sqlite"), dict(_inserts(shape, ref, "sqlite"))
 
 
-class BlobsGone(Exception):
+class ReadChanged(Exception):
     """What the push read changed before its write: a blob it references is no longer
     present (collected since), or the registered bases are not those its verdicts were
     computed against. Nothing was written."""
@@ -228,7 +228,7 @@ def write_version(session: Session, *, shape: Shape, params: Mapping[str, Any]) 
     outside one, the statement itself).
 
     Raises:
-        BlobsGone: PostgreSQL: a referenced blob is no longer present, or the bases changed.
+        ReadChanged: PostgreSQL: a referenced blob is no longer present, or the bases changed.
     """
     # Core statements on the session's connection: session.execute would first look for ORM
     # entities in them (measurable at this rate).
@@ -241,7 +241,7 @@ def write_version(session: Session, *, shape: Shape, params: Mapping[str, Any]) 
             diag = getattr(exc.orig, "diag", None)
             if (getattr(diag, "table_name", None), getattr(diag, "column_name", None)) == (
                     AdapterVersion.__tablename__, "adapter_id"):
-                raise BlobsGone() from exc  # the gate held no adapter row back (_upsert)
+                raise ReadChanged() from exc  # the gate held no adapter row back (_upsert)
             raise
         adapter_id, number, version_id, event_id, job_id, deliveries, _, _ = row
     else:

@@ -9,8 +9,6 @@ base_models``. The one lookup it needs by name, a version's declared base, is pa
 from __future__ import annotations
 
 import json
-import threading
-from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 
 from sqlalchemy import or_, select, update
@@ -28,6 +26,7 @@ from registry.db.base import utcnow
 from registry.db.dialect import insert_ignore
 from registry.db.models import Adapter, AdapterVersion, BaseModelRow, Compatibility
 from registry.formats import AdapterConfig, TensorInfo, parse_adapter_config
+from registry.memo import Memo
 
 METHOD_STATIC = "static"
 # A worker loaded the adapter onto the base: the verdict is what the load showed.
@@ -43,8 +42,7 @@ FindBase = Callable[[Session, str | None], BaseModelRow | None]
 # once per process instead of on every push (a 7B base has ~300 tensors to parse and hash).
 # Bounded: a registry has few bases; past the bound the oldest entry goes.
 MANIFESTS_KEPT = 64
-_manifests: dict[tuple[str, str, str], BaseManifest] = {}
-_manifests_lock = threading.Lock()
+_manifests: Memo[tuple[str, str, str], BaseManifest] = Memo(MANIFESTS_KEPT)
 
 
 def manifests_kept(bases: Iterable[BaseModelRow]) -> bool:
@@ -59,10 +57,7 @@ def _manifest(base: BaseModelRow) -> BaseManifest:
     if manifest is None:
         tensors = {n: TensorInfo.from_json(d) for n, d in base.tensor_manifest.items()}
         manifest = base_manifest(base.config, tensors, revision=base.revision)
-        with _manifests_lock:
-            while len(_manifests) >= MANIFESTS_KEPT:
-                del _manifests[next(iter(_manifests))]
-            _manifests[key] = manifest
+        _manifests.put(key, manifest)
     return manifest
 
 
@@ -122,8 +117,7 @@ def _store(session: Session, *, version: AdapterVersion, base: BaseModelRow,
 # per process for a push of content this process checked before (its files' digests, given
 # by the caller as ``content``), as base manifests are. Bounded like them.
 VERDICTS_KEPT = 256
-_kept_verdicts: OrderedDict[Hashable, Verdict] = OrderedDict()
-_verdicts_lock = threading.Lock()
+_kept_verdicts: Memo[Hashable, Verdict] = Memo(VERDICTS_KEPT)
 
 
 def _verdicts(pairs: Iterable[tuple[AdapterVersion, BaseModelRow]], find_base: FindBase,
@@ -139,16 +133,12 @@ def _verdicts(pairs: Iterable[tuple[AdapterVersion, BaseModelRow]], find_base: F
         key = None if content is None else (
             content, base.content_id, base.revision, base.fingerprint, base.name, name,
             declared_base.fingerprint if declared_base else None)
-        with _verdicts_lock:
-            verdict = _kept_verdicts.get(key) if key is not None else None
+        verdict = _kept_verdicts.get(key) if key is not None else None
         if verdict is None:
             verdict = evaluate(version=version, base=base, declared_base=declared_base,
                                manifest=_manifest(base), config=config, tensors=tensors)
             if key is not None:
-                with _verdicts_lock:
-                    _kept_verdicts[key] = verdict
-                    while len(_kept_verdicts) > VERDICTS_KEPT:
-                        _kept_verdicts.popitem(last=False)
+                _kept_verdicts.put(key, verdict)
         yield version, base, verdict
 
 
