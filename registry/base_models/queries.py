@@ -117,4 +117,4 @@ def bases_from_json(text: str) -> list[BaseModelRow]:
 @functools.cache
 def _push_bases_statement() -> Select[Any]:
     return (select(*(BaseModelRow.__table__.c[c] for c in _PUSH_COLUMNS)).where(_REGISTERED)
-            .order_by(BaseModelRow.name, BaseModelRow.created_at))
+            .order_by(BaseModelRow.name, BaseModelRow.created_at, BaseModelRow.id))

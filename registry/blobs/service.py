@@ -129,7 +129,7 @@ def blobs_for(session: Session, files: dict[str, str]) -> dict[str, Blob]:
     Raises:
         BlobNotFound: a digest was never uploaded (names the path).
     """
-    stmt = _blobs_statement(session.get_bind().dialect.name, rows=False)
+    stmt = _blobs_statement(session.get_bind().dialect.name, rows=False, locked=True)
     found = {b.digest: b for b in session.scalars(stmt, {"digests": sorted(set(files.values()))})}
     return _every_path(files, found)
 
@@ -161,7 +161,7 @@ def blob_rows_for(session: Session, files: dict[str, str], *, lock: bool = True,
         BlobNotFound: a digest was never uploaded (names the path).
     """
     conn = session.connection()  # a Core statement: no ORM entities to look for
-    stmt = _blobs_statement(conn.dialect.name if lock else "", rows=True)
+    stmt = _blobs_statement(conn.dialect.name, rows=True, locked=lock)
     if also is not None:
         stmt = _with_column(stmt, also)
     extra = None
@@ -210,15 +210,15 @@ def _every_path(files: dict[str, str], found: dict[str, _B]) -> dict[str, _B]:
 
 
 @functools.cache
-def _blobs_statement(dialect: str, *, rows: bool) -> Select[Any]:
-    """Built once per dialect (``""``: unlocked) and kind (the digests bound at execution):
+def _blobs_statement(dialect: str, *, rows: bool, locked: bool) -> Select[Any]:
+    """Built once per dialect, kind and locking (the digests bound at execution):
     constructing the statement cost more Python than running it, on every push."""
     stmt: Select[Any] = (
         select(Blob.id, Blob.digest, Blob.size, Blob.parsed) if rows
         else select(Blob).options(undefer(Blob.parsed))
     ).where(Blob.digest.in_(bindparam("digests", expanding=True)),
             Blob.state == BlobState.present)
-    if dialect == "postgresql":
+    if locked and dialect == "postgresql":
         # Locked until the caller's transaction ends: gc's mark (FOR UPDATE SKIP LOCKED)
         # skips these rows, so a blob cannot be collected between this check and the insert
         # of the rows that reference it. FOR NO KEY UPDATE rather than FOR SHARE: the caller
